@@ -1,0 +1,5 @@
+"""``python -m batchgrid`` runs the CLI."""
+
+from batchgrid.cli import main
+
+main()

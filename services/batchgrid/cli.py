@@ -1,0 +1,393 @@
+"""The ``batchgrid`` command line: run workers, submit jobs, watch them.
+
+Every flag also reads its ``BATCHGRID_*`` environment variable (see settings).
+With no broker URL configured, ``images``, ``table`` and ``demo`` start an
+embedded Valkey server and local worker processes for the command's duration.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from kombu.exceptions import OperationalError
+from pydantic import ValidationError
+from redis import RedisError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from batchgrid import tables
+from batchgrid.celery_app import create_app
+from batchgrid.errors import BatchgridError
+from batchgrid.jobs import JobRecord, JobStore
+from batchgrid.local import embedded_broker, local_cluster
+from batchgrid.producer import Producer
+from batchgrid.settings import Settings, get_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Distributed batch work on Celery and Redis: images and large CSV tables.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+#: Exit codes, for scripts.
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_ITEMS_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+#: How often a waiting command reads the job record.
+POLL_INTERVAL_S = 0.2
+#: Listing every image outcome stops being useful past this many; failures still print.
+MAX_LISTED_ITEMS = 50
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print a machine-readable result.")
+]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers", "-w", min=1, help="Local worker processes (embedded mode)."
+    ),
+]
+Concurrency = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        "-c",
+        min=1,
+        envvar="BATCHGRID_CONCURRENCY",
+        help="Pool processes per worker (default: one per core).",
+    ),
+]
+Timeout = Annotated[
+    float,
+    typer.Option("--timeout", min=1, help="Stop waiting after this many seconds."),
+]
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except (ValidationError, BatchgridError) as exc:
+        raise BatchgridError(f"bad settings: {exc}") from exc
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn expected failures into one readable line and an exit code."""
+    try:
+        yield
+    except BatchgridError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except (OperationalError, RedisError, ConnectionError) as exc:
+        console.print(
+            f"[bold red]error:[/] the broker is unreachable ({exc}); check "
+            "BATCHGRID_BROKER_URL and that the server is up"
+        )
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _store(settings: Settings) -> JobStore:
+    assert settings.job_store_url is not None
+    store = JobStore(settings.job_store_url, ttl_s=settings.job_ttl_s)
+    store.ping()
+    return store
+
+
+def wait_for(
+    store: JobStore, job_id: str, *, timeout_s: float, quiet: bool
+) -> JobRecord:
+    """Follow a job until it ends or the timeout passes, with a progress bar."""
+    deadline = time.monotonic() + timeout_s
+    record = store.get(job_id)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task(
+            f"{record.kind} {job_id[:8]}", total=record.total, failed=0
+        )
+        while not record.finished and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_S)
+            record = store.get(job_id)
+            progress.update(bar, completed=record.done, failed=record.failed)
+        progress.update(bar, completed=record.done, failed=record.failed)
+    return record
+
+
+def _finish(store: JobStore, record: JobRecord, *, as_json: bool) -> int:
+    """Print a finished (or timed-out) job and choose the exit code."""
+    result = store.result(record.id)
+    items = store.items(record.id) if record.kind == "images" else None
+    if as_json:
+        payload: dict[str, Any] = {"job": record.as_dict(), "result": result}
+        if items is not None:
+            payload["items"] = items
+        out.print_json(json.dumps(payload))
+    else:
+        if record.kind == "images" and items is not None:
+            print_image_outcomes(items)
+        elif record.kind == "tables" and result is not None:
+            print_table(result)
+        _print_status(record)
+    if not record.finished:
+        console.print(
+            f"still {record.state} after the timeout; follow it with "
+            f"[bold]batchgrid status {record.id}[/]"
+        )
+        return EXIT_TIMEOUT
+    if record.state == "failed":
+        return EXIT_JOB_FAILED
+    return EXIT_ITEMS_FAILED if record.failed else EXIT_OK
+
+
+def print_image_outcomes(items: dict[str, dict[str, Any]]) -> None:
+    """A table of per-image outcomes (failures always, successes while few)."""
+    table = Table(title="images", show_lines=False)
+    for column in ("input", "outcome", "worker", "detail"):
+        table.add_column(column)
+    listed = sorted(items.items())
+    if len(listed) > MAX_LISTED_ITEMS:
+        listed = [(name, o) for name, o in listed if "error" in o]
+    for name, outcome in listed:
+        if "error" in outcome:
+            table.add_row(
+                name,
+                f"[red]{outcome['error']}",
+                outcome.get("worker", ""),
+                outcome["message"],
+            )
+        else:
+            detail = f"{outcome['output']} {outcome['width']}x{outcome['height']}"
+            if outcome.get("note"):
+                detail += f" ({outcome['note']})"
+            table.add_row(name, "[green]ok", outcome.get("worker", ""), detail)
+    out.print(table)
+
+
+def _number(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) or float(value).is_integer():
+        return f"{int(value)}"
+    return f"{value:.4f}"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The merged per-group table, one row per group and value column."""
+    table = Table(title=f"by {', '.join(result['by'])}")
+    for column in result["by"]:
+        table.add_column(column)
+    table.add_column("value")
+    for stat in ("count", "sum", "mean", "min", "max", "missing", "unparseable"):
+        table.add_column(stat, justify="right")
+    for group_row in result["groups"]:
+        keys = ["∅" if key is None else str(key) for key in group_row["key"]]
+        for value, stats in group_row["stats"].items():
+            table.add_row(
+                *keys,
+                value,
+                *(
+                    _number(stats[s])
+                    for s in (
+                        "count",
+                        "sum",
+                        "mean",
+                        "min",
+                        "max",
+                        "missing",
+                        "unparseable",
+                    )
+                ),
+            )
+    out.print(table)
+    if result.get("malformed_rows"):
+        console.print(f"[yellow]{result['malformed_rows']} malformed rows skipped[/]")
+        for sample in result.get("malformed_samples", []):
+            console.print(f"  {sample['reason']}: {sample['text']!r}")
+
+
+def _print_status(record: JobRecord) -> None:
+    took = ""
+    if record.finished_at and record.created_at:
+        took = f" in {record.finished_at - record.created_at:.2f} s"
+    color = {"succeeded": "green", "failed": "red"}.get(record.state, "yellow")
+    console.print(
+        f"job {record.id}: [{color}]{record.state}[/]{took} — "
+        f"{record.done}/{record.total} done, {record.failed} failed"
+    )
+    if record.error:
+        console.print(f"[red]reason:[/] {record.error}")
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None, typer.Option("--queues", "-Q", help="Comma-separated queues.")
+    ] = None,
+    concurrency: Concurrency = None,
+    hostname: Annotated[str | None, typer.Option("--hostname", "-n")] = None,
+) -> None:
+    """Run a worker that consumes the images and tables queues."""
+    with _errors():
+        settings = _settings()
+        if not settings.broker_url:
+            raise BatchgridError(
+                "a standalone worker needs BATCHGRID_BROKER_URL; `batchgrid images`, "
+                "`table` and `demo` start their own local workers when it is empty"
+            )
+        from batchgrid.worker import run_worker
+
+        chosen = (
+            queues.split(",")
+            if queues
+            else [settings.images_queue, settings.tables_queue]
+        )
+        run_worker(queues=chosen, concurrency=concurrency, hostname=hostname)
+
+
+@app.command()
+def images(
+    sources: Annotated[
+        list[str], typer.Argument(help="Directories, globs or image files.")
+    ],
+    destination: Annotated[str, typer.Argument(help="Output directory.")],
+    workers: Workers = 1,
+    concurrency: Concurrency = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the job and print outcomes.")
+    ] = True,
+    timeout: Timeout = 3600,
+    as_json: JsonFlag = False,
+) -> None:
+    """Convert images to grayscale across the workers."""
+    code = EXIT_OK
+    with (
+        _errors(),
+        local_cluster(_settings(), workers=workers, concurrency=concurrency) as s,
+    ):
+        store = _store(s)
+        job_id = Producer(s, create_app(s), store).submit_images(sources, destination)
+        if not wait:
+            out.print(job_id)
+            return
+        record = wait_for(store, job_id, timeout_s=timeout, quiet=as_json)
+        code = _finish(store, record, as_json=as_json)
+    raise typer.Exit(code)
+
+
+@app.command()
+def table(
+    csv: Annotated[str, typer.Argument(help="CSV path or URL.")],
+    by: Annotated[
+        list[str], typer.Option("--by", "-b", help="Group-by column (repeat).")
+    ],
+    value: Annotated[
+        list[str], typer.Option("--value", "-v", help="Numeric column (repeat).")
+    ],
+    delimiter: Annotated[str, typer.Option(help="Field delimiter.")] = ",",
+    encoding: Annotated[
+        str, typer.Option(help="Text encoding (ASCII-compatible).")
+    ] = "utf-8",
+    chunk_bytes: Annotated[
+        int | None,
+        typer.Option(
+            min=1, envvar="BATCHGRID_CHUNK_BYTES", help="Bytes per range task."
+        ),
+    ] = None,
+    workers: Workers = 1,
+    concurrency: Concurrency = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the job and print the table.")
+    ] = True,
+    timeout: Timeout = 3600,
+    as_json: JsonFlag = False,
+) -> None:
+    """Aggregate a CSV per group: count, sum, mean, min, max of numeric columns."""
+    code = EXIT_OK
+    with (
+        _errors(),
+        local_cluster(_settings(), workers=workers, concurrency=concurrency) as s,
+    ):
+        dialect = tables.CsvDialect(delimiter=delimiter, encoding=encoding)
+        store = _store(s)
+        job_id = Producer(s, create_app(s), store).submit_table(
+            csv, by=by, values=value, dialect=dialect, chunk_bytes=chunk_bytes
+        )
+        if not wait:
+            out.print(job_id)
+            return
+        record = wait_for(store, job_id, timeout_s=timeout, quiet=as_json)
+        code = _finish(store, record, as_json=as_json)
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(help="The job id printed at submission.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a job's state and progress."""
+    with _errors(), embedded_broker(_settings()) as s:
+        record = _store(s).get(job_id)
+        if as_json:
+            out.print_json(json.dumps(record.as_dict()))
+        else:
+            _print_status(record)
+
+
+@app.command()
+def result(
+    job_id: Annotated[str, typer.Argument(help="The job id printed at submission.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Print a job's result: per-image outcomes or the per-group table."""
+    with _errors(), embedded_broker(_settings()) as s:
+        store = _store(s)
+        code = _finish(store, store.get(job_id), as_json=as_json)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path, typer.Option(help="Where the demo puts its inputs and outputs.")
+    ] = Path(".batchgrid/demo"),
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
+    concurrency: Concurrency = None,
+) -> None:
+    """Run both jobs on real photographs and a real table, and check the table."""
+    from batchgrid.demo import run_demo
+
+    with _errors():
+        ok = run_demo(
+            _settings(), workdir=workdir, workers=workers, concurrency=concurrency
+        )
+    raise typer.Exit(EXIT_OK if ok else EXIT_JOB_FAILED)
+
+
+def main() -> None:
+    """Entry point of the ``batchgrid`` script."""
+    app(prog_name="batchgrid")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The error tree: every error batchgrid raises on purpose is a BatchgridError."""
+
+__all__ = [
+    "BatchgridError",
+    "BrokerUnavailableError",
+    "ColumnNotFoundError",
+    "ConfigError",
+    "InputError",
+    "JobNotFoundError",
+    "PathOutsideRootsError",
+]
+
+
+class BatchgridError(Exception):
+    """Root of the errors batchgrid raises; the message says the cause and the fix."""
+
+
+class ConfigError(BatchgridError):
+    """Raised when settings contradict each other or name something unusable."""
+
+
+class InputError(BatchgridError):
+    """Raised when a job's input cannot be used as given (missing, empty, bad form)."""
+
+
+class PathOutsideRootsError(InputError):
+    """Raised when a path or URL lies outside every configured storage root."""
+
+
+class ColumnNotFoundError(InputError):
+    """Raised when a CSV lacks a column the job asks for."""
+
+
+class BrokerUnavailableError(BatchgridError):
+    """Raised when the broker or the job store cannot be reached."""
+
+
+class JobNotFoundError(BatchgridError):
+    """Raised when no job with the given id is known (never existed or expired)."""

@@ -1,0 +1,239 @@
+"""Job records in Redis: state, totals, per-item outcomes and the final result.
+
+Every write is idempotent: item outcomes are stored in a hash keyed by item
+(image path or range index), and progress is read as the hash's size, so a
+task delivered twice neither double-counts nor loses anything.
+
+Keys (``{id}`` is the job id), all expiring after ``job_ttl_s``::
+
+    batchgrid:job:{id}          hash  kind, state, total, timings, error
+    batchgrid:job:{id}:items    hash  item -> outcome JSON
+    batchgrid:job:{id}:failed   set   items whose outcome is an error
+    batchgrid:job:{id}:result   str   final result JSON
+    batchgrid:jobs              zset  job ids by creation time
+"""
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+
+from batchgrid.errors import BrokerUnavailableError, JobNotFoundError
+
+__all__ = ["TERMINAL_STATES", "JobRecord", "JobState", "JobStore"]
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+_PREFIX = "batchgrid:job:"
+_INDEX = "batchgrid:jobs"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What is known about one job; ``done`` counts items with an outcome."""
+
+    id: str
+    kind: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    options: dict[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "progress": {"done": self.done, "failed": self.failed, "total": self.total},
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "options": self.options,
+        }
+
+
+def _float_or_none(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+class JobStore:
+    """Reads and writes job records on a Redis-protocol server."""
+
+    def __init__(self, url: str, *, ttl_s: int) -> None:
+        self._redis: redis.Redis = redis.Redis.from_url(
+            url, decode_responses=True, health_check_interval=30
+        )
+        self._ttl_s = ttl_s
+
+    def ping(self) -> None:
+        """Raise BrokerUnavailableError unless the server answers."""
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            raise BrokerUnavailableError(
+                f"the job store does not answer ({exc}); check that Redis is up and "
+                "BATCHGRID_RESULT_BACKEND_URL / BATCHGRID_BROKER_URL point at it"
+            ) from exc
+
+    def create(self, kind: str, *, total: int, options: Mapping[str, Any]) -> str:
+        """Record a new queued job and return its id."""
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        key = _PREFIX + job_id
+        with self._redis.pipeline() as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "kind": kind,
+                    "state": "queued",
+                    "total": total,
+                    "created_at": now,
+                    "options": json.dumps(options),
+                },
+            )
+            pipe.expire(key, self._ttl_s)
+            pipe.zadd(_INDEX, {job_id: now})
+            pipe.zremrangebyscore(_INDEX, "-inf", now - self._ttl_s)
+            pipe.execute()
+        return job_id
+
+    def record(self, job_id: str, outcomes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store item outcomes; an outcome with an ``error`` key counts as failed."""
+        key = _PREFIX + job_id
+        failed = [item for item, outcome in outcomes.items() if "error" in outcome]
+        succeeded = [
+            item for item, outcome in outcomes.items() if "error" not in outcome
+        ]
+        with self._redis.pipeline() as pipe:
+            pipe.hset(
+                key + ":items",
+                mapping={item: json.dumps(o) for item, o in outcomes.items()},
+            )
+            if failed:
+                pipe.sadd(key + ":failed", *failed)
+            if succeeded:
+                pipe.srem(key + ":failed", *succeeded)
+            pipe.eval(_MARK_RUNNING, 1, key, time.time())
+            for suffix in (":items", ":failed"):
+                pipe.expire(key + suffix, self._ttl_s)
+            pipe.execute()
+
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Move a job to a terminal state once; False if it already had one."""
+        key = _PREFIX + job_id
+        if result is not None:
+            self._redis.set(key + ":result", json.dumps(result), ex=self._ttl_s)
+        fields = {"finished_at": time.time(), "error": error or ""}
+        return bool(self._redis.eval(_FINISH, 1, key, state, json.dumps(fields)))
+
+    def state(self, job_id: str) -> str | None:
+        """The job's state alone (cheap), or None if unknown."""
+        value = self._redis.hget(_PREFIX + job_id, "state")
+        return None if value is None else str(value)
+
+    def count_attempt(self, job_id: str, task_id: str) -> int:
+        """Count one more delivery of ``task_id``; returns the count so far."""
+        key = _PREFIX + job_id + ":attempts"
+        with self._redis.pipeline() as pipe:
+            pipe.hincrby(key, task_id, 1)
+            pipe.expire(key, self._ttl_s)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark the job cancelled; tasks still queued then skip their work."""
+        self.get(job_id)
+        return self.finish(job_id, "cancelled", error="cancelled by request")
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job's record; JobNotFoundError if unknown or expired."""
+        key = _PREFIX + job_id
+        with self._redis.pipeline() as pipe:
+            pipe.hgetall(key)
+            pipe.hlen(key + ":items")
+            pipe.scard(key + ":failed")
+            raw, done, failed = pipe.execute()
+        if not raw:
+            raise JobNotFoundError(
+                f"no job {job_id!r}: it never existed or expired after the job TTL"
+            )
+        return JobRecord(
+            id=job_id,
+            kind=raw["kind"],
+            state=raw["state"],
+            total=int(raw["total"]),
+            done=int(done),
+            failed=int(failed),
+            created_at=float(raw["created_at"]),
+            started_at=_float_or_none(raw.get("started_at")),
+            finished_at=_float_or_none(raw.get("finished_at")),
+            error=raw.get("error") or None,
+            options=json.loads(raw.get("options") or "{}"),
+        )
+
+    def items(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Every recorded item outcome of the job, by item."""
+        raw = self._redis.hgetall(_PREFIX + job_id + ":items")
+        return {str(item): json.loads(value) for item, value in raw.items()}
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        """The job's final result, or None while it has none."""
+        raw = self._redis.get(_PREFIX + job_id + ":result")
+        if raw is None:
+            return None
+        loaded: dict[str, Any] = json.loads(raw)
+        return loaded
+
+    def recent(self, *, limit: int = 20, offset: int = 0) -> list[str]:
+        """Ids of the most recent jobs, newest first."""
+        ids = self._redis.zrevrange(_INDEX, offset, offset + limit - 1)
+        return [str(job_id) for job_id in ids]
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+#: queued -> running with its start time, atomically, only if still queued (never
+#: recreating an expired job's record).
+_MARK_RUNNING = """
+if redis.call('HGET', KEYS[1], 'state') == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1])
+end
+return 1
+"""
+
+#: Set a terminal state once: a later duplicate callback cannot overwrite it.
+_FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+local fields = cjson.decode(ARGV[2])
+for name, value in pairs(fields) do
+  redis.call('HSET', KEYS[1], name, tostring(value))
+end
+return 1
+"""

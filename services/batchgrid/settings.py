@@ -1,0 +1,139 @@
+"""Settings, read from ``BATCHGRID_*`` environment variables (or a ``.env`` file).
+
+Example::
+
+    BATCHGRID_BROKER_URL=redis://:secret@redis:6379/0 batchgrid worker
+"""
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from batchgrid.errors import ConfigError
+
+__all__ = ["Settings", "get_settings"]
+
+_MiB = 1024 * 1024
+
+
+def _default_data_dir() -> Path:
+    state_home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state_home) / "batchgrid"
+
+
+class Settings(BaseSettings):
+    """Everything a producer, a worker or the CLI needs to know."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATCHGRID_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    #: Broker URL (``redis://``, ``rediss://``, ``amqp://``); empty: embedded Valkey.
+    broker_url: str | None = None
+    #: Where job records and task results live; defaults to the broker URL when it is
+    #: a Redis URL. Must be Redis-protocol.
+    result_backend_url: str | None = None
+    #: Embedded Valkey keeps its append-only file here: queued work survives restarts.
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    #: Inputs and outputs must lie under one of these (paths or fsspec URL prefixes).
+    #: Comma-separated in the environment. Default: the current directory.
+    storage_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [os.getcwd()]
+    )
+
+    images_queue: str = "images"
+    tables_queue: str = "tables"
+    #: Pool processes per worker; empty means one per CPU core.
+    concurrency: int | None = Field(default=None, ge=1)
+    #: A child process is replaced after this many tasks, bounding slow leaks.
+    max_tasks_per_child: int | None = Field(default=1000, ge=1)
+
+    #: A task gets SoftTimeLimitExceeded after this long, to record what it did.
+    soft_time_limit_s: int = Field(default=300, ge=1)
+    #: A task's process is killed after this long; Kubernetes grace periods follow it.
+    hard_time_limit_s: int = Field(default=360, ge=1)
+    #: Redis redelivers a task not acknowledged in this time. A killed worker's tasks
+    #: come back only after it, so keep it short, but above the hard time limit or a
+    #: long task runs twice.
+    visibility_timeout_s: int = Field(default=900, ge=1)
+    #: Task results (chord bookkeeping) expire after this long.
+    result_expires_s: int = Field(default=24 * 3600, ge=60)
+    #: Job records and per-item outcomes expire after this long.
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    #: Times a task is retried after an infrastructure error (storage, broker).
+    max_retries: int = Field(default=3, ge=0)
+
+    #: Bytes of CSV per range task. Measured: 64 MiB parses in about 0.3 s per core,
+    #: far above the ~6.5 ms a Celery task costs.
+    chunk_bytes: int = Field(default=64 * _MiB, ge=1)
+    #: Bytes of image files per task; many small images share one task.
+    image_batch_bytes: int = Field(default=8 * _MiB, ge=1)
+    #: At most this many images per task, which also keeps messages small.
+    image_batch_max_items: int = Field(default=32, ge=1)
+    #: Images with more pixels than this are refused as possible decompression bombs.
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
+
+    #: The worker touches this file while its event loop runs: a liveness probe that
+    #: costs nothing (no Python start, no broker round trip). Empty: no file.
+    heartbeat_file: Path | None = None
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+
+    log_level: str = "INFO"
+    #: One JSON object per log line, for log collectors.
+    log_json: bool = False
+    #: Send Celery task events (needed by celery-exporter and Flower).
+    task_events: bool = False
+
+    @field_validator("storage_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("broker_url", "result_backend_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> "Settings":
+        if not self.soft_time_limit_s < self.hard_time_limit_s:
+            raise ConfigError(
+                f"BATCHGRID_SOFT_TIME_LIMIT_S ({self.soft_time_limit_s}) must be below "
+                f"BATCHGRID_HARD_TIME_LIMIT_S ({self.hard_time_limit_s})"
+            )
+        if not self.hard_time_limit_s < self.visibility_timeout_s:
+            raise ConfigError(
+                "BATCHGRID_VISIBILITY_TIMEOUT_S "
+                f"({self.visibility_timeout_s}) must exceed "
+                f"BATCHGRID_HARD_TIME_LIMIT_S ({self.hard_time_limit_s}), or Redis "
+                "redelivers tasks that are still running"
+            )
+        if not self.storage_roots:
+            raise ConfigError(
+                "BATCHGRID_STORAGE_ROOTS is empty; name at least one root"
+            )
+        return self
+
+    @property
+    def job_store_url(self) -> str | None:
+        """The Redis URL holding job records: the result backend, else the broker."""
+        if self.result_backend_url:
+            return self.result_backend_url
+        if self.broker_url and self.broker_url.startswith(
+            ("redis", "rediss", "valkey")
+        ):
+            return self.broker_url
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

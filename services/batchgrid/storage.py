@@ -1,0 +1,121 @@
+"""Storage access through fsspec, confined to the configured roots.
+
+Every path a job names, on the producer and again on the worker, goes through
+:func:`confine` first, so a message forged on the broker cannot reach outside
+the roots either.
+"""
+
+import contextlib
+import os
+import posixpath
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from batchgrid.errors import InputError, PathOutsideRootsError
+
+__all__ = [
+    "confine",
+    "filesystem",
+    "read_range",
+    "write_atomic",
+]
+
+#: URL schemes batchgrid accepts; anything else is refused before it is opened.
+SUPPORTED_SCHEMES = frozenset({"file", "local", "s3", "s3a", "gs", "gcs", "memory"})
+
+
+def _split_scheme(url: str) -> tuple[str, str]:
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return scheme.lower(), rest
+    return "file", url
+
+
+def _normalize(url: str) -> str:
+    scheme, rest = _split_scheme(url)
+    if scheme in ("file", "local"):
+        return os.path.realpath(os.path.expanduser(rest))
+    return f"{scheme}://{posixpath.normpath(rest)}"
+
+
+def confine(url: str, roots: Sequence[str]) -> str:
+    """Return ``url`` normalized, if it lies under one of ``roots``.
+
+    Example: ``confine("data/../data/x.csv", ["/srv/data"])`` with the working
+    directory ``/srv`` returns ``"/srv/data/x.csv"``; ``"/etc/passwd"`` raises.
+    """
+    scheme, rest = _split_scheme(url)
+    if scheme not in SUPPORTED_SCHEMES:
+        raise InputError(
+            f"{url!r}: unsupported URL scheme {scheme!r}; "
+            f"use one of {', '.join(sorted(SUPPORTED_SCHEMES))}"
+        )
+    if scheme not in ("file", "local") and ".." in rest.split("/"):
+        raise PathOutsideRootsError(f"{url!r}: '..' is not allowed in storage URLs")
+    normal = _normalize(url)
+    for root in roots:
+        normal_root = _normalize(root)
+        if normal == normal_root or normal.startswith(normal_root.rstrip("/") + "/"):
+            return normal
+    raise PathOutsideRootsError(
+        f"{url!r} is outside the storage roots ({', '.join(roots)}); move it under a "
+        "root or add its folder to BATCHGRID_STORAGE_ROOTS"
+    )
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``url`` and the path within it."""
+    fs, path = url_to_fs(url)
+    return fs, path
+
+
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Read bytes ``[start, end)`` of ``url``."""
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as handle:
+        handle.seek(start)
+        data: bytes = handle.read(end - start)
+    if len(data) != end - start:
+        raise InputError(
+            f"{url}: expected {end - start} bytes at offset {start}, got {len(data)}; "
+            "the file changed while the job ran"
+        )
+    return data
+
+
+def write_atomic(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` so readers see the old file or the whole new one.
+
+    Locally: a temporary file in the same folder, fsynced, then renamed over the
+    target. Object stores make a single PUT atomic already.
+    """
+    fs, path = filesystem(url)
+    if not _is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
