@@ -31,7 +31,7 @@ from batchgrid.celery_app import create_app
 from batchgrid.errors import BatchgridError
 from batchgrid.jobs import JobRecord, JobStore
 from batchgrid.local import embedded_broker, local_cluster
-from batchgrid.producer import Producer
+from batchgrid.producer import Producer, plan_images, plan_table
 from batchgrid.settings import Settings, get_settings
 
 __all__ = ["app", "main"]
@@ -280,12 +280,14 @@ def images(
 ) -> None:
     """Convert images to grayscale across the workers."""
     code = EXIT_OK
+    with _errors():
+        plan = plan_images(_settings(), sources, destination)
     with (
         _errors(),
         local_cluster(_settings(), workers=workers, concurrency=concurrency) as s,
     ):
         store = _store(s)
-        job_id = Producer(s, create_app(s), store).submit_images(sources, destination)
+        job_id = Producer(s, create_app(s), store).submit(plan)
         if not wait:
             out.print(job_id)
             return
@@ -323,15 +325,22 @@ def table(
 ) -> None:
     """Aggregate a CSV per group: count, sum, mean, min, max of numeric columns."""
     code = EXIT_OK
+    with _errors():
+        dialect = tables.CsvDialect(delimiter=delimiter, encoding=encoding)
+        plan = plan_table(
+            _settings(),
+            csv,
+            by=by,
+            values=value,
+            dialect=dialect,
+            chunk_bytes=chunk_bytes,
+        )
     with (
         _errors(),
         local_cluster(_settings(), workers=workers, concurrency=concurrency) as s,
     ):
-        dialect = tables.CsvDialect(delimiter=delimiter, encoding=encoding)
         store = _store(s)
-        job_id = Producer(s, create_app(s), store).submit_table(
-            csv, by=by, values=value, dialect=dialect, chunk_bytes=chunk_bytes
-        )
+        job_id = Producer(s, create_app(s), store).submit(plan)
         if not wait:
             out.print(job_id)
             return

@@ -6,21 +6,30 @@ positions); tasks carry paths and byte ranges, never pixels or rows.
 
 import logging
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from celery import Celery, chord, group
 from celery.canvas import Signature
 
-from batchgrid import tables
+from batchgrid import imaging, tables
 from batchgrid.celery_app import TASK_NAMES
 from batchgrid.errors import InputError
 from batchgrid.jobs import JobStore
 from batchgrid.settings import Settings
 from batchgrid.storage import confine, filesystem
 
-__all__ = ["ImageBatch", "Producer", "batch_images", "list_images"]
+__all__ = [
+    "ImageBatch",
+    "ImagesPlan",
+    "Producer",
+    "TablePlan",
+    "batch_images",
+    "list_images",
+    "plan_images",
+    "plan_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +132,103 @@ def batch_images(
         yield ImageBatch(names, size)
 
 
+def _check_output_names(names: Iterable[str]) -> None:
+    """Refuse a job in which two inputs would be written to one output file."""
+    seen: dict[str, str] = {}
+    for name in names:
+        output = imaging.output_name(name)
+        if output in seen:
+            raise InputError(
+                f"{seen[output]} and {name} would both be written as {output}; "
+                "rename one of them"
+            )
+        seen[output] = name
+
+
+@dataclass(frozen=True)
+class ImagesPlan:
+    """An images job ready to submit: where from, where to, and the task batches."""
+
+    sources: list[str]
+    src_base: str
+    dst_base: str
+    batches: list[ImageBatch]
+
+    @property
+    def total(self) -> int:
+        return sum(len(batch.names) for batch in self.batches)
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """A tables job ready to submit: the file, what to compute, and its byte ranges."""
+
+    url: str
+    source: str
+    size_bytes: int
+    chunk_bytes: int
+    spec: dict[str, Any]
+    ranges: list[tables.ByteRange]
+
+
+def plan_images(
+    settings: Settings, sources: Sequence[str], destination: str
+) -> ImagesPlan:
+    """List and batch the images of a job; needs storage, not the broker."""
+    roots = settings.storage_roots
+    dst_base = confine(destination, roots)
+    src_base, items = list_images(sources, roots)
+    if dst_base == src_base:
+        raise InputError(
+            f"{destination}: the output folder is the input folder; choose another "
+            "so originals are never overwritten"
+        )
+    _check_output_names(name for name, _ in items)
+    batches = batch_images(
+        items,
+        batch_bytes=settings.image_batch_bytes,
+        max_items=settings.image_batch_max_items,
+    )
+    return ImagesPlan(list(sources), src_base, dst_base, list(batches))
+
+
+def plan_table(
+    settings: Settings,
+    url: str,
+    *,
+    by: Sequence[str],
+    values: Sequence[str],
+    dialect: tables.CsvDialect | None = None,
+    chunk_bytes: int | None = None,
+) -> TablePlan:
+    """Read the header, check the columns and split the rows into byte ranges."""
+    dialect = dialect or tables.CsvDialect()
+    chunk_bytes = chunk_bytes or settings.chunk_bytes
+    source = confine(url, settings.storage_roots)
+    fs, path = filesystem(source)
+    if not fs.exists(path) or fs.isdir(path):
+        raise InputError(f"{url}: no such file")
+    size = int(fs.info(path)["size"])
+    with fs.open(path, "rb") as handle:
+        header = tables.read_header(handle, name=url, dialect=dialect)
+        tables.check_columns(header, name=url, by=by, values=values)
+        handle.seek(0)
+        ranges = tables.plan_ranges(
+            handle,
+            start=header.end_offset,
+            size=size,
+            chunk_bytes=chunk_bytes,
+            dialect=dialect,
+        )
+    spec = {
+        "names": header.names,
+        "by": list(by),
+        "values": list(values),
+        "dialect": asdict(dialect),
+    }
+    return TablePlan(url, source, size, chunk_bytes, spec, ranges)
+
+
 class Producer:
     """Submits jobs to the broker and records them in the job store."""
 
@@ -148,55 +254,7 @@ class Producer:
 
     def submit_images(self, sources: Sequence[str], destination: str) -> str:
         """Plan and submit an images job; returns the job id."""
-        roots = self.settings.storage_roots
-        dst_base = confine(destination, roots)
-        src_base, items = list_images(sources, roots)
-        if dst_base == src_base:
-            raise InputError(
-                f"{destination}: the output folder is the input folder; choose another "
-                "so originals are never overwritten"
-            )
-        batches = list(
-            batch_images(
-                items,
-                batch_bytes=self.settings.image_batch_bytes,
-                max_items=self.settings.image_batch_max_items,
-            )
-        )
-        options = {
-            "max_pixels": self.settings.max_image_pixels,
-            "jpeg_quality": self.settings.jpeg_quality,
-        }
-        job_id = self.store.create(
-            "images",
-            total=len(items),
-            options={
-                "sources": list(sources),
-                "destination": dst_base,
-                "tasks": len(batches),
-            },
-        )
-        queue = self.settings.images_queue
-        header = group(
-            self._signature(
-                "convert_images",
-                queue,
-                job_id=job_id,
-                src_base=src_base,
-                dst_base=dst_base,
-                names=batch.names,
-                options=options,
-            )
-            for batch in batches
-        )
-        self._launch(
-            header,
-            self._signature("finish_images", queue, job_id=job_id),
-            job_id,
-            queue,
-        )
-        logger.info("job %s: %d images in %d tasks", job_id, len(items), len(batches))
-        return job_id
+        return self.submit(plan_images(self.settings, sources, destination))
 
     def submit_table(
         self,
@@ -208,63 +266,94 @@ class Producer:
         chunk_bytes: int | None = None,
     ) -> str:
         """Plan and submit a tables job; returns the job id."""
-        dialect = dialect or tables.CsvDialect()
-        chunk_bytes = chunk_bytes or self.settings.chunk_bytes
-        source = confine(url, self.settings.storage_roots)
-        fs, path = filesystem(source)
-        if not fs.exists(path) or fs.isdir(path):
-            raise InputError(f"{url}: no such file")
-        size = int(fs.info(path)["size"])
-        with fs.open(path, "rb") as handle:
-            header = tables.read_header(handle, name=url, dialect=dialect)
-            tables.check_columns(header, name=url, by=by, values=values)
-            handle.seek(0)
-            ranges = tables.plan_ranges(
-                handle,
-                start=header.end_offset,
-                size=size,
-                chunk_bytes=chunk_bytes,
-                dialect=dialect,
-            )
-        spec = {
-            "names": header.names,
-            "by": list(by),
-            "values": list(values),
-            "dialect": asdict(dialect),
+        plan = plan_table(
+            self.settings,
+            url,
+            by=by,
+            values=values,
+            dialect=dialect,
+            chunk_bytes=chunk_bytes,
+        )
+        return self.submit(plan)
+
+    def submit(self, plan: ImagesPlan | TablePlan) -> str:
+        """Record a planned job and send its tasks; returns the job id."""
+        if isinstance(plan, ImagesPlan):
+            return self._submit_images(plan)
+        return self._submit_table(plan)
+
+    def _submit_images(self, plan: ImagesPlan) -> str:
+        options = {
+            "max_pixels": self.settings.max_image_pixels,
+            "jpeg_quality": self.settings.jpeg_quality,
         }
         job_id = self.store.create(
-            "tables",
-            total=len(ranges),
+            "images",
+            total=plan.total,
             options={
-                "spec": spec,
-                "url": url,
-                "by": list(by),
-                "values": list(values),
-                "chunk_bytes": chunk_bytes,
-                "size_bytes": size,
+                "sources": plan.sources,
+                "destination": plan.dst_base,
+                "tasks": len(plan.batches),
             },
         )
-        if not ranges:
-            merged = tables.merge_partials([], by=by, values=values)
+        queue = self.settings.images_queue
+        header = group(
+            self._signature(
+                "convert_images",
+                queue,
+                job_id=job_id,
+                src_base=plan.src_base,
+                dst_base=plan.dst_base,
+                names=batch.names,
+                options=options,
+            )
+            for batch in plan.batches
+        )
+        body = self._signature("finish_images", queue, job_id=job_id)
+        self._launch(header, body, job_id, queue)
+        logger.info(
+            "job %s: %d images in %d tasks", job_id, plan.total, len(plan.batches)
+        )
+        return job_id
+
+    def _submit_table(self, plan: TablePlan) -> str:
+        job_id = self.store.create(
+            "tables",
+            total=len(plan.ranges),
+            options={
+                "spec": plan.spec,
+                "url": plan.url,
+                "by": plan.spec["by"],
+                "values": plan.spec["values"],
+                "chunk_bytes": plan.chunk_bytes,
+                "size_bytes": plan.size_bytes,
+            },
+        )
+        if not plan.ranges:
+            merged = tables.merge_partials(
+                [], by=plan.spec["by"], values=plan.spec["values"]
+            )
             self.store.finish(job_id, "succeeded", result=merged)
             return job_id
         queue = self.settings.tables_queue
-        header_tasks = group(
+        header = group(
             self._signature(
                 "aggregate_range",
                 queue,
                 job_id=job_id,
-                url=source,
+                url=plan.source,
                 index=part.index,
                 start=part.start,
                 end=part.end,
                 quoted=part.quoted,
             )
-            for part in ranges
+            for part in plan.ranges
         )
         body = self._signature("finish_table", queue, job_id=job_id)
-        self._launch(header_tasks, body, job_id, queue)
-        logger.info("job %s: %d bytes in %d ranges", job_id, size, len(ranges))
+        self._launch(header, body, job_id, queue)
+        logger.info(
+            "job %s: %d bytes in %d ranges", job_id, plan.size_bytes, len(plan.ranges)
+        )
         return job_id
 
     def _launch(
