@@ -40,3 +40,15 @@ def test_settings_when_broker_is_amqp_need_a_separate_result_backend() -> None:
 
 def test_settings_when_broker_url_is_empty_string_mean_embedded() -> None:
     assert Settings(_env_file=None, broker_url="").broker_url is None
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+
+    missing = [
+        name
+        for name in Settings.model_fields
+        if f"`BATCHGRID_{name.upper()}`" not in readme
+    ]
+
+    assert missing == []
