@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-fast lint format clean
+.PHONY: help install demo test test-fast lint format clean bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -43,6 +43,13 @@ lint: $(STAMP) ## Check style (ruff) and types (mypy strict)
 format: $(STAMP) ## Format the code and apply safe lint fixes
 	$(BIN)/ruff format services tests
 	$(BIN)/ruff check --fix services tests
+
+$(VENV)/.bench-installed: $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+bench: $(VENV)/.bench-installed ## Measure speed and memory against other engines (~30 min; BENCH_ARGS=--quick)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv, caches and demo output
 	rm -rf $(VENV) .batchgrid .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -155,3 +155,42 @@ def assert_matches_reference(
                         have[stat],
                         want[stat],
                     )
+
+
+class ApiServer:
+    """A real uvicorn server on loopback, in a thread of the test process."""
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        import uvicorn
+
+        from batchgrid.api import create_api
+
+        config = uvicorn.Config(
+            create_api(settings), host="127.0.0.1", port=0, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def api_url(cluster: Cluster) -> Iterator[str]:
+    """The producer API without auth, bound to the session cluster."""
+    with ApiServer(cluster.settings) as url:
+        yield url

@@ -21,6 +21,7 @@ TASK_NAMES = {
     "aggregate_range": "batchgrid.tables.aggregate_range",
     "finish_table": "batchgrid.tables.finish",
     "fail_job": "batchgrid.jobs.fail",
+    "submit_scheduled": "batchgrid.jobs.submit_scheduled",
 }
 
 
@@ -67,6 +68,7 @@ def _celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "batchgrid.images.*": {"queue": settings.images_queue},
             "batchgrid.tables.*": {"queue": settings.tables_queue},
+            "batchgrid.jobs.submit_scheduled": {"queue": settings.tables_queue},
         },
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,

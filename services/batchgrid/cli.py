@@ -6,11 +6,12 @@ embedded Valkey server and local worker processes for the command's duration.
 """
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Protocol
 
 import typer
 from kombu.exceptions import OperationalError
@@ -26,12 +27,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from batchgrid import tables
 from batchgrid.celery_app import create_app
+from batchgrid.client import ApiClient
 from batchgrid.errors import BatchgridError
 from batchgrid.jobs import JobRecord, JobStore
 from batchgrid.local import embedded_broker, local_cluster
-from batchgrid.producer import Producer, plan_images, plan_table
+from batchgrid.producer import Producer
+from batchgrid.schemas import ImagesRequest, TablesRequest, plan_request
 from batchgrid.settings import Settings, get_settings
 
 __all__ = ["app", "main"]
@@ -70,6 +72,23 @@ Concurrency = Annotated[
         help="Pool processes per worker (default: one per core).",
     ),
 ]
+Api = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        envvar="BATCHGRID_API_URL",
+        help="Talk to a producer at this URL instead of to the broker.",
+    ),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="BATCHGRID_API_TOKEN",
+        help="Bearer token for --api.",
+        show_default=False,
+    ),
+]
 Timeout = Annotated[
     float,
     typer.Option("--timeout", min=1, help="Stop waiting after this many seconds."),
@@ -91,12 +110,23 @@ def _errors() -> Iterator[None]:
     except BatchgridError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        console.print(f"[bold red]error:[/] {problems}")
+        raise typer.Exit(EXIT_USAGE) from None
     except (OperationalError, RedisError, ConnectionError) as exc:
         console.print(
             f"[bold red]error:[/] the broker is unreachable ({exc}); check "
             "BATCHGRID_BROKER_URL and that the server is up"
         )
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def _print_json(document: Any) -> None:
+    """Plain JSON on stdout: no colours, no wrapping, whatever the terminal."""
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
 def _store(settings: Settings) -> JobStore:
@@ -106,8 +136,18 @@ def _store(settings: Settings) -> JobStore:
     return store
 
 
+class JobSource(Protocol):
+    """Where the CLI reads jobs: the job store, or a producer's HTTP API."""
+
+    def get(self, job_id: str) -> JobRecord: ...
+
+    def items(self, job_id: str) -> dict[str, dict[str, Any]]: ...
+
+    def result(self, job_id: str) -> dict[str, Any] | None: ...
+
+
 def wait_for(
-    store: JobStore, job_id: str, *, timeout_s: float, quiet: bool
+    store: JobSource, job_id: str, *, timeout_s: float, quiet: bool
 ) -> JobRecord:
     """Follow a job until it ends or the timeout passes, with a progress bar."""
     deadline = time.monotonic() + timeout_s
@@ -133,7 +173,7 @@ def wait_for(
     return record
 
 
-def _finish(store: JobStore, record: JobRecord, *, as_json: bool) -> int:
+def _finish(store: JobSource, record: JobRecord, *, as_json: bool) -> int:
     """Print a finished (or timed-out) job and choose the exit code."""
     result = store.result(record.id)
     items = store.items(record.id) if record.kind == "images" else None
@@ -141,7 +181,7 @@ def _finish(store: JobStore, record: JobRecord, *, as_json: bool) -> int:
         payload: dict[str, Any] = {"job": record.as_dict(), "result": result}
         if items is not None:
             payload["items"] = items
-        out.print_json(json.dumps(payload))
+        _print_json(payload)
     else:
         if record.kind == "images" and items is not None:
             print_image_outcomes(items)
@@ -238,6 +278,50 @@ def _print_status(record: JobRecord) -> None:
         console.print(f"[red]reason:[/] {record.error}")
 
 
+def _run_job(
+    request: ImagesRequest | TablesRequest,
+    *,
+    api: str | None,
+    token: str | None,
+    workers: int,
+    concurrency: int | None,
+    wait: bool,
+    timeout_s: float,
+    as_json: bool,
+) -> int:
+    """Submit a job here or to a producer, then follow it; returns the exit code."""
+    if api:
+        client = ApiClient(api, token=token)
+        job_id = client.submit(request)
+        return _follow(client, job_id, wait=wait, timeout_s=timeout_s, as_json=as_json)
+    settings = _settings()
+    plan = plan_request(settings, request)  # bad input fails before anything starts
+    with local_cluster(settings, workers=workers, concurrency=concurrency) as s:
+        store = _store(s)
+        job_id = Producer(s, create_app(s), store).submit(plan, origin="cli")
+        return _follow(store, job_id, wait=wait, timeout_s=timeout_s, as_json=as_json)
+
+
+def _follow(
+    source: JobSource, job_id: str, *, wait: bool, timeout_s: float, as_json: bool
+) -> int:
+    if not wait:
+        out.print(job_id)
+        return EXIT_OK
+    record = wait_for(source, job_id, timeout_s=timeout_s, quiet=as_json)
+    return _finish(source, record, as_json=as_json)
+
+
+@contextmanager
+def _job_source(api: str | None, token: str | None) -> Iterator[JobSource]:
+    """The producer API when given, else the job store (embedded if need be)."""
+    if api:
+        yield ApiClient(api, token=token)
+        return
+    with embedded_broker(_settings()) as s:
+        yield _store(s)
+
+
 @app.command()
 def worker(
     queues: Annotated[
@@ -252,7 +336,8 @@ def worker(
         if not settings.broker_url:
             raise BatchgridError(
                 "a standalone worker needs BATCHGRID_BROKER_URL; `batchgrid images`, "
-                "`table` and `demo` start their own local workers when it is empty"
+                "`table`, `serve` and `demo` start their own local workers when it "
+                "is empty"
             )
         from batchgrid.worker import run_worker
 
@@ -277,22 +362,21 @@ def images(
     ] = True,
     timeout: Timeout = 3600,
     as_json: JsonFlag = False,
+    api: Api = None,
+    token: Token = None,
 ) -> None:
     """Convert images to grayscale across the workers."""
-    code = EXIT_OK
     with _errors():
-        plan = plan_images(_settings(), sources, destination)
-    with (
-        _errors(),
-        local_cluster(_settings(), workers=workers, concurrency=concurrency) as s,
-    ):
-        store = _store(s)
-        job_id = Producer(s, create_app(s), store).submit(plan)
-        if not wait:
-            out.print(job_id)
-            return
-        record = wait_for(store, job_id, timeout_s=timeout, quiet=as_json)
-        code = _finish(store, record, as_json=as_json)
+        code = _run_job(
+            ImagesRequest(sources=sources, destination=destination),
+            api=api,
+            token=token,
+            workers=workers,
+            concurrency=concurrency,
+            wait=wait,
+            timeout_s=timeout,
+            as_json=as_json,
+        )
     raise typer.Exit(code)
 
 
@@ -322,30 +406,29 @@ def table(
     ] = True,
     timeout: Timeout = 3600,
     as_json: JsonFlag = False,
+    api: Api = None,
+    token: Token = None,
 ) -> None:
     """Aggregate a CSV per group: count, sum, mean, min, max of numeric columns."""
-    code = EXIT_OK
     with _errors():
-        dialect = tables.CsvDialect(delimiter=delimiter, encoding=encoding)
-        plan = plan_table(
-            _settings(),
-            csv,
+        request = TablesRequest(
+            csv=csv,
             by=by,
             values=value,
-            dialect=dialect,
+            delimiter=delimiter,
+            encoding=encoding,
             chunk_bytes=chunk_bytes,
         )
-    with (
-        _errors(),
-        local_cluster(_settings(), workers=workers, concurrency=concurrency) as s,
-    ):
-        store = _store(s)
-        job_id = Producer(s, create_app(s), store).submit(plan)
-        if not wait:
-            out.print(job_id)
-            return
-        record = wait_for(store, job_id, timeout_s=timeout, quiet=as_json)
-        code = _finish(store, record, as_json=as_json)
+        code = _run_job(
+            request,
+            api=api,
+            token=token,
+            workers=workers,
+            concurrency=concurrency,
+            wait=wait,
+            timeout_s=timeout,
+            as_json=as_json,
+        )
     raise typer.Exit(code)
 
 
@@ -353,12 +436,14 @@ def table(
 def status(
     job_id: Annotated[str, typer.Argument(help="The job id printed at submission.")],
     as_json: JsonFlag = False,
+    api: Api = None,
+    token: Token = None,
 ) -> None:
     """Show a job's state and progress."""
-    with _errors(), embedded_broker(_settings()) as s:
-        record = _store(s).get(job_id)
+    with _errors(), _job_source(api, token) as source:
+        record = source.get(job_id)
         if as_json:
-            out.print_json(json.dumps(record.as_dict()))
+            _print_json(record.as_dict())
         else:
             _print_status(record)
 
@@ -367,12 +452,192 @@ def status(
 def result(
     job_id: Annotated[str, typer.Argument(help="The job id printed at submission.")],
     as_json: JsonFlag = False,
+    api: Api = None,
+    token: Token = None,
 ) -> None:
     """Print a job's result: per-image outcomes or the per-group table."""
-    with _errors(), embedded_broker(_settings()) as s:
-        store = _store(s)
-        code = _finish(store, store.get(job_id), as_json=as_json)
+    with _errors(), _job_source(api, token) as source:
+        code = _finish(source, source.get(job_id), as_json=as_json)
     raise typer.Exit(code)
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job id printed at submission.")],
+    api: Api = None,
+    token: Token = None,
+) -> None:
+    """Cancel a job: tasks still queued are skipped, running ones finish."""
+    with _errors():
+        if api:
+            record = ApiClient(api, token=token).cancel(job_id)
+        else:
+            with embedded_broker(_settings()) as s:
+                store = _store(s)
+                if not store.cancel(job_id):
+                    raise BatchgridError(
+                        f"job {job_id} already {store.get(job_id).state}"
+                    )
+                record = store.get(job_id)
+        _print_status(record)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    workers: Workers = 1,
+    concurrency: Concurrency = None,
+) -> None:
+    """Run the producer's HTTP API (with local workers when no broker is set)."""
+    import uvicorn
+
+    from batchgrid.api import create_api
+    from batchgrid.logs import configure_logging
+
+    with _errors():
+        settings = _settings()
+        configure_logging(settings)
+        with local_cluster(settings, workers=workers, concurrency=concurrency) as s:
+            uvicorn.run(
+                create_api(s),
+                host=host or s.api_host,
+                port=port if port is not None else s.api_port,
+                log_config=None,
+                timeout_graceful_shutdown=30,
+            )
+
+
+@app.command()
+def beat() -> None:
+    """Run the periodic jobs of BATCHGRID_SCHEDULE (run exactly one beat)."""
+    with _errors():
+        settings = _settings()
+        if not settings.broker_url:
+            raise BatchgridError("beat needs BATCHGRID_BROKER_URL (a shared Redis)")
+        if not settings.schedule:
+            raise BatchgridError(
+                "BATCHGRID_SCHEDULE is empty; set it to a JSON list such as "
+                '[{"name": "flights", "kind": "tables", "every_s": 300, "params": '
+                '{"csv": "/data/flights.csv", "by": ["carrier"], '
+                '"values": ["arr_delay"]}}]'
+            )
+        from batchgrid.beat import run_beat
+        from batchgrid.logs import configure_logging
+
+        configure_logging(settings)
+        run_beat(settings)
+
+
+@app.command()
+def loadgen(
+    kind: Annotated[str, typer.Option(help="images or tables.")] = "tables",
+    rate: Annotated[float, typer.Option(min=0.01, help="Jobs per second.")] = 1.0,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load.")] = 30.0,
+    burst: Annotated[
+        bool, typer.Option(help="Submit all rate * duration jobs at once.")
+    ] = False,
+    workers: Workers = 1,
+    concurrency: Concurrency = None,
+    api: Api = None,
+    token: Token = None,
+) -> None:
+    """Submit synthetic jobs at a steady rate and report job latency (p50/p95)."""
+    from rich.progress import Progress as Bar
+
+    from batchgrid.loadgen import make_request_factory, run_load
+
+    with _errors():
+        if kind not in ("images", "tables"):
+            raise BatchgridError(f"--kind {kind!r}: use images or tables")
+        job_kind: Literal["images", "tables"] = (
+            "images" if kind == "images" else "tables"
+        )
+        settings = _settings()
+        request_for = make_request_factory(Path(settings.storage_roots[0]), job_kind)
+        with (
+            Bar(console=console) as bar,
+            _submitter(api, token, workers, concurrency) as submitter,
+        ):
+            sent = bar.add_task("submitted", total=max(1, round(rate * duration)))
+            finished = bar.add_task("finished", total=max(1, round(rate * duration)))
+
+            def progress(submitted: int, done: int) -> None:
+                bar.update(sent, completed=submitted)
+                bar.update(finished, completed=done)
+
+            report = run_load(
+                submitter,
+                request_for,
+                rate_per_s=rate,
+                duration_s=duration,
+                burst=burst,
+                on_progress=progress,
+            )
+        summary = Table(title=f"loadgen: {kind}")
+        for column in (
+            "submitted",
+            "succeeded",
+            "failed",
+            "unfinished",
+            "p50 s",
+            "p95 s",
+            "elapsed s",
+        ):
+            summary.add_column(column, justify="right")
+        summary.add_row(
+            str(report.submitted),
+            str(report.succeeded),
+            str(report.failed),
+            str(report.unfinished),
+            _seconds(report.p50_s),
+            _seconds(report.p95_s),
+            f"{report.elapsed_s:.1f}",
+        )
+        out.print(summary)
+    raise typer.Exit(
+        EXIT_OK if report.failed == report.unfinished == 0 else EXIT_JOB_FAILED
+    )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+class _DirectSubmitter:
+    """Plans and submits jobs through the broker, as the API would."""
+
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.producer = Producer(settings, create_app(settings), store)
+
+    def submit(self, request: ImagesRequest | TablesRequest) -> str:
+        plan = plan_request(self.settings, request)
+        return self.producer.submit(plan, origin="loadgen")
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id)
+
+
+@contextmanager
+def _submitter(
+    api: str | None, token: str | None, workers: int, concurrency: int | None
+) -> Iterator["ApiClient | _DirectSubmitter"]:
+    if api:
+        yield ApiClient(api, token=token)
+        return
+    with local_cluster(_settings(), workers=workers, concurrency=concurrency) as s:
+        yield _DirectSubmitter(s, _store(s))
+
+
+@app.command()
+def openapi() -> None:
+    """Print the HTTP API's OpenAPI document (JSON)."""
+    from batchgrid.api import create_api
+
+    document = create_api(_settings()).openapi()
+    _print_json(document)
 
 
 @app.command()

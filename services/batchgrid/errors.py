@@ -1,5 +1,7 @@
 """The error tree: every error batchgrid raises on purpose is a BatchgridError."""
 
+from collections.abc import Sequence
+
 __all__ = [
     "BatchgridError",
     "BrokerUnavailableError",
@@ -28,7 +30,11 @@ class PathOutsideRootsError(InputError):
 
 
 class ColumnNotFoundError(InputError):
-    """Raised when a CSV lacks a column the job asks for."""
+    """Raised when a CSV lacks a column the job asks for; ``missing`` names them."""
+
+    def __init__(self, message: str, *, missing: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
 
 
 class BrokerUnavailableError(BatchgridError):

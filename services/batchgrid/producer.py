@@ -276,13 +276,16 @@ class Producer:
         )
         return self.submit(plan)
 
-    def submit(self, plan: ImagesPlan | TablePlan) -> str:
-        """Record a planned job and send its tasks; returns the job id."""
-        if isinstance(plan, ImagesPlan):
-            return self._submit_images(plan)
-        return self._submit_table(plan)
+    def submit(self, plan: ImagesPlan | TablePlan, *, origin: str = "") -> str:
+        """Record a planned job and send its tasks; returns the job id.
 
-    def _submit_images(self, plan: ImagesPlan) -> str:
+        ``origin`` says who asked (``cli``, ``api``, ``schedule:NAME``).
+        """
+        if isinstance(plan, ImagesPlan):
+            return self._submit_images(plan, origin)
+        return self._submit_table(plan, origin)
+
+    def _submit_images(self, plan: ImagesPlan, origin: str) -> str:
         options = {
             "max_pixels": self.settings.max_image_pixels,
             "jpeg_quality": self.settings.jpeg_quality,
@@ -291,6 +294,7 @@ class Producer:
             "images",
             total=plan.total,
             options={
+                "origin": origin,
                 "sources": plan.sources,
                 "destination": plan.dst_base,
                 "tasks": len(plan.batches),
@@ -316,11 +320,12 @@ class Producer:
         )
         return job_id
 
-    def _submit_table(self, plan: TablePlan) -> str:
+    def _submit_table(self, plan: TablePlan, origin: str) -> str:
         job_id = self.store.create(
             "tables",
             total=len(plan.ranges),
             options={
+                "origin": origin,
                 "spec": plan.spec,
                 "url": plan.url,
                 "by": plan.spec["by"],

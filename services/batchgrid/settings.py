@@ -8,14 +8,21 @@ Example::
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from batchgrid.errors import ConfigError
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["ScheduleEntry", "Settings", "get_settings"]
 
 _MiB = 1024 * 1024
 
@@ -23,6 +30,19 @@ _MiB = 1024 * 1024
 def _default_data_dir() -> Path:
     state_home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(state_home) / "batchgrid"
+
+
+class ScheduleEntry(BaseModel):
+    """One periodic job: what to submit and how often."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["images", "tables"]
+    every_s: float = Field(gt=0)
+    #: The job's request, as the HTTP API takes it (``sources``/``destination``, or
+    #: ``csv``/``by``/``values``...).
+    params: dict[str, Any]
 
 
 class Settings(BaseSettings):
@@ -83,6 +103,22 @@ class Settings(BaseSettings):
     heartbeat_file: Path | None = None
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
 
+    #: Bind address and port of ``batchgrid serve`` (the producer's HTTP API).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    #: When set, every API route but the health checks needs ``Authorization: Bearer``
+    #: with this token. Mount it from a Secret.
+    api_token: SecretStr | None = None
+    #: Requests with a larger body are refused with 413.
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: The CLI talks to this producer over HTTP instead of to the broker.
+    api_url: str | None = None
+    #: Periodic jobs run by ``batchgrid beat`` (a JSON list in the environment).
+    schedule: list[ScheduleEntry] = Field(default_factory=list)
+    #: Beat's lock in Redis expires after this long, so a standby beat takes over
+    #: when the active one dies; only one beat fires at a time.
+    beat_lock_timeout_s: int = Field(default=60, ge=5)
+
     log_level: str = "INFO"
     #: One JSON object per log line, for log collectors.
     log_json: bool = False
@@ -96,7 +132,9 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("broker_url", "result_backend_url", mode="before")
+    @field_validator(
+        "broker_url", "result_backend_url", "api_url", "api_token", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -114,6 +152,11 @@ class Settings(BaseSettings):
                 f"({self.visibility_timeout_s}) must exceed "
                 f"BATCHGRID_HARD_TIME_LIMIT_S ({self.hard_time_limit_s}), or Redis "
                 "redelivers tasks that are still running"
+            )
+        names = [entry.name for entry in self.schedule]
+        if len(names) != len(set(names)):
+            raise ConfigError(
+                "BATCHGRID_SCHEDULE names an entry twice; names must differ"
             )
         if not self.storage_roots:
             raise ConfigError(

@@ -48,6 +48,8 @@ def confine(url: str, roots: Sequence[str]) -> str:
     Example: ``confine("data/../data/x.csv", ["/srv/data"])`` with the working
     directory ``/srv`` returns ``"/srv/data/x.csv"``; ``"/etc/passwd"`` raises.
     """
+    if "\x00" in url:
+        raise InputError(f"{url!r}: a path cannot contain a NUL character")
     scheme, rest = _split_scheme(url)
     if scheme not in SUPPORTED_SCHEMES:
         raise InputError(

@@ -634,7 +634,8 @@ def _check_names(found: Sequence[str], wanted: Sequence[str], *, name: str) -> N
         ]
         hint = f"; did you mean {', '.join(hints)}?" if hints else ""
         raise ColumnNotFoundError(
-            f"{name}: no {noun} {_quote_all(missing)}; columns found: {listed}{hint}"
+            f"{name}: no {noun} {_quote_all(missing)}; columns found: {listed}{hint}",
+            missing=missing,
         )
     repeated = [column for column in dict.fromkeys(wanted) if found.count(column) > 1]
     if repeated:

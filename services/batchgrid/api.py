@@ -1,0 +1,286 @@
+"""The producer's HTTP API (FastAPI): submit jobs, follow them, fetch results.
+
+``batchgrid serve`` runs it with uvicorn. Example::
+
+    curl -X POST localhost:8000/jobs/tables -H 'content-type: application/json' \\
+         -d '{"csv": "/data/flights.csv", "by": ["carrier"], "values": ["arr_delay"]}'
+"""
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from batchgrid import __version__
+from batchgrid.celery_app import create_app
+from batchgrid.errors import (
+    BatchgridError,
+    BrokerUnavailableError,
+    ColumnNotFoundError,
+    InputError,
+    JobNotFoundError,
+)
+from batchgrid.jobs import JobStore
+from batchgrid.producer import Producer
+from batchgrid.schemas import (
+    ImagesRequest,
+    JobList,
+    JobView,
+    TablesRequest,
+    plan_request,
+)
+from batchgrid.settings import Settings
+from batchgrid.storage import confine
+
+__all__ = ["create_api"]
+
+logger = logging.getLogger(__name__)
+
+JOBS_SUBMITTED = Counter(
+    "batchgrid_api_jobs_submitted", "Jobs accepted by the HTTP API", ["kind"]
+)
+#: Most jobs one page of ``GET /jobs`` lists.
+MAX_PAGE = 200
+#: Most image outcomes one page of ``GET /jobs/{id}/result`` returns.
+MAX_ITEMS_PAGE = 10_000
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.max_bytes
+        ):
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body over {self.max_bytes} bytes"},
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _field_error(field: str, error: BatchgridError, code: int = 400) -> HTTPException:
+    """A 4xx in FastAPI's validation shape, naming the request field at fault."""
+    return HTTPException(
+        status_code=code,
+        detail=[{"loc": ["body", field], "msg": str(error), "type": "invalid_input"}],
+    )
+
+
+def create_api(settings: Settings) -> FastAPI:
+    """The API bound to the settings' broker and job store."""
+    bearer = HTTPBearer(auto_error=False)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+
+    def authorized(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if token is None:
+            return
+        given = credentials.credentials if credentials else ""
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        assert settings.job_store_url is not None
+        store = JobStore(settings.job_store_url, ttl_s=settings.job_ttl_s)
+        api.state.store = store
+        api.state.producer = Producer(settings, create_app(settings), store)
+        yield
+        store.close()
+
+    api = FastAPI(
+        title="batchgrid",
+        version=__version__,
+        summary="Distributed image conversion and CSV aggregation on Celery.",
+        lifespan=lifespan,
+    )
+    api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    secured = [Depends(authorized)]
+
+    def store_of(request: Request) -> JobStore:
+        store: JobStore = request.app.state.store
+        return store
+
+    Store = Annotated[JobStore, Depends(store_of)]
+
+    @api.exception_handler(JobNotFoundError)
+    async def _not_found(request: Request, exc: JobNotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @api.exception_handler(BrokerUnavailableError)
+    async def _unavailable(request: Request, exc: BatchgridError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    def submit(request: Request, job: ImagesRequest | TablesRequest) -> Response:
+        field = "csv" if isinstance(job, TablesRequest) else "sources"
+        if isinstance(job, ImagesRequest):
+            try:
+                confine(job.destination, settings.storage_roots)
+            except InputError as exc:
+                raise _field_error("destination", exc) from exc
+        try:
+            plan = plan_request(settings, job)
+        except ColumnNotFoundError as exc:
+            by = isinstance(job, TablesRequest) and set(exc.missing) & set(job.by)
+            raise _field_error("by" if by else "values", exc, 422) from exc
+        except InputError as exc:
+            raise _field_error(field, exc) from exc
+        producer: Producer = request.app.state.producer
+        job_id = producer.submit(plan, origin="api")
+        JOBS_SUBMITTED.labels(kind="images" if field == "sources" else "tables").inc()
+        view = JobView.of(producer.store.get(job_id))
+        return JSONResponse(
+            view.model_dump(mode="json"),
+            status_code=status.HTTP_201_CREATED,
+            headers={"Location": f"/jobs/{job_id}"},
+        )
+
+    created: dict[int | str, dict[str, Any]] = {
+        status.HTTP_201_CREATED: {
+            "model": JobView,
+            "description": "The job was queued.",
+        },
+        400: {"description": "A path or option is unusable; `detail` names the field."},
+        422: {"description": "The request does not match the schema."},
+    }
+
+    @api.post("/jobs/images", status_code=201, responses=created, dependencies=secured)
+    def submit_images(request: Request, job: ImagesRequest) -> Response:
+        """Queue an images job."""
+        return submit(request, job)
+
+    @api.post("/jobs/tables", status_code=201, responses=created, dependencies=secured)
+    def submit_table(request: Request, job: TablesRequest) -> Response:
+        """Queue a tables job."""
+        return submit(request, job)
+
+    @api.get("/jobs", dependencies=secured)
+    def list_jobs(
+        store: Store,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+    ) -> JobList:
+        """Recent jobs, newest first."""
+        views = []
+        for job_id in store.recent(limit=limit, offset=offset):
+            try:
+                views.append(JobView.of(store.get(job_id)))
+            except JobNotFoundError:
+                continue  # expired between the two reads
+        return JobList(jobs=views, offset=offset, limit=limit)
+
+    job_id_path = Annotated[
+        str, PathParam(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
+    ]
+
+    @api.get("/jobs/{job_id}", dependencies=secured, responses={404: {}})
+    def get_job(job_id: job_id_path, store: Store) -> JobView:
+        """A job's state, progress and timings."""
+        return JobView.of(store.get(job_id))
+
+    @api.get(
+        "/jobs/{job_id}/result", dependencies=secured, responses={404: {}, 409: {}}
+    )
+    def get_result(
+        job_id: job_id_path,
+        store: Store,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_ITEMS_PAGE)] = 1000,
+    ) -> dict[str, Any]:
+        """The per-image outcomes (paged) or the per-group table."""
+        record = store.get(job_id)
+        body: dict[str, Any] = {"job": JobView.of(record).model_dump(mode="json")}
+        if record.kind == "images":
+            items = sorted(store.items(job_id).items())
+            body["items"] = dict(items[offset : offset + limit])
+            body["offset"], body["limit"] = offset, limit
+            body["result"] = store.result(job_id)
+            return body
+        if not record.finished:
+            raise HTTPException(
+                409, f"job {job_id} is {record.state}; poll GET /jobs/{job_id}"
+            )
+        body["result"] = store.result(job_id)
+        return body
+
+    @api.delete("/jobs/{job_id}", dependencies=secured, responses={404: {}, 409: {}})
+    def cancel_job(job_id: job_id_path, store: Store) -> JobView:
+        """Cancel a job: queued tasks are skipped, running ones finish."""
+        if not store.cancel(job_id):
+            record = store.get(job_id)
+            raise HTTPException(409, f"job {job_id} already {record.state}")
+        return JobView.of(store.get(job_id))
+
+    @api.get("/healthz", include_in_schema=True)
+    def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", responses={503: {}})
+    def readyz(store: Store, request: Request) -> dict[str, str]:
+        """The broker and the job store answer."""
+        store.ping()
+        producer: Producer = request.app.state.producer
+        try:
+            with producer.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=2)
+        except Exception as exc:  # kombu raises many types for an unreachable broker
+            raise BrokerUnavailableError(f"the broker does not answer ({exc})") from exc
+        return {"status": "ready"}
+
+    @api.get("/metrics", dependencies=secured, response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return api
