@@ -24,6 +24,7 @@ from bench.harness import (
     bench_settings,
     broker,
     machine_info,
+    quiet,
     server_version,
     versions,
 )
@@ -100,7 +101,7 @@ def main() -> None:
     if "images" in sections:
         photo_sets = images.make_photos(data_dir, quick=quick)
         results["images_per_core"] = {
-            name: images.per_core(photos, repeats=repeats)
+            name: images.per_core(photos, repeats=repeats, data_dir=data_dir)
             for name, photos in photo_sets.items()
         }
     if "tables" in sections:
@@ -141,6 +142,7 @@ def main() -> None:
                 data_dir=data_dir,
             )
     results["total_s"] = time.perf_counter() - started
+    results["machine_load"] = quiet.summary()
 
     results_dir: Path = args.results_dir
     results_dir.mkdir(parents=True, exist_ok=True)

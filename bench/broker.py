@@ -19,7 +19,7 @@ from celery import Celery
 
 from batchgrid.celery_app import create_app
 from batchgrid.settings import Settings
-from bench.harness import BENCH_QUEUE, NOOP_TASK, REPO_ROOT
+from bench.harness import BENCH_QUEUE, NOOP_TASK, REPO_ROOT, quiet
 
 __all__ = ["bench_worker", "measure_noop"]
 
@@ -138,6 +138,7 @@ def measure_noop(
         ]
         _wait_results(client, warm, timeout_s=120)
 
+        quiet.wait()
         worker_before = _tree_cpu_s(proc.pid)
         broker_before = _cpu_s(broker_process)
         client_before = _own_cpu_s()

@@ -14,6 +14,7 @@ Commands::
 import argparse
 import io
 import json
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -106,11 +107,18 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plan(args: argparse.Namespace) -> dict[str, Any]:
-    """The producer's planning of a tables job alone: time and peak memory."""
+    """The producer's planning of a tables job alone: time and peak memory.
+
+    Then, for tuning, the same planning with 1 MiB reads, and the floor of any
+    planner that must look at every byte: reading the file while ``bytes.find``
+    (memchr) looks for a quote character.
+    """
+    from batchgrid import tables
     from batchgrid.producer import plan_table
     from batchgrid.settings import Settings
 
-    settings = Settings(_env_file=None, storage_roots=["/"])  # type: ignore[call-arg]
+    folder = os.path.dirname(os.path.abspath(args.csv))
+    settings = Settings(_env_file=None, storage_roots=[folder])  # type: ignore[call-arg]
     baseline = _peak_rss_bytes()
     started = time.perf_counter()
     planned = plan_table(
@@ -121,13 +129,47 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         chunk_bytes=args.chunk_bytes,
     )
     seconds = time.perf_counter() - started
-    return {
+    peak = _peak_rss_bytes()
+
+    def plan_with(block_bytes: int) -> float:
+        with open(args.csv, "rb") as handle:
+            header = tables.read_header(
+                handle, name=args.csv, dialect=tables.CsvDialect()
+            )
+            started = time.perf_counter()
+            tables.plan_ranges(
+                handle,
+                start=header.end_offset,
+                size=planned.size_bytes,
+                chunk_bytes=args.chunk_bytes,
+                dialect=tables.CsvDialect(),
+                block_bytes=block_bytes,
+            )
+            return time.perf_counter() - started
+
+    def scan_floor() -> float:
+        started = time.perf_counter()
+        with open(args.csv, "rb") as handle:
+            while block := handle.read(1 << 20):
+                if block.find(b'"') >= 0:
+                    block.count(b'"')
+        return time.perf_counter() - started
+
+    found: dict[str, Any] = {
         "seconds": seconds,
         "ranges": len(planned.ranges),
         "size_bytes": planned.size_bytes,
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": peak,
         "baseline_rss_bytes": baseline,
     }
+    if args.variants:
+        found |= {
+            "plan_block_bytes": tables.PLAN_BLOCK_BYTES,
+            "plan_ranges_s": min(plan_with(tables.PLAN_BLOCK_BYTES) for _ in range(3)),
+            "plan_ranges_1mib_s": min(plan_with(1 << 20) for _ in range(3)),
+            "scan_floor_s": min(scan_floor() for _ in range(3)),
+        }
+    return found
 
 
 def _best_of(run: Callable[[], Any]) -> tuple[list[float], Any]:
@@ -176,11 +218,13 @@ def parser(args: argparse.Namespace) -> dict[str, Any]:
             columns=[names.index(args.by), names.index(args.value)],
             schema_overrides={args.by: pl.String, args.value: pl.Float64},
         )
+        column = pl.col(args.value)
         grouped = frame.group_by(args.by).agg(
             pl.len().alias("rows"),
-            pl.col(args.value).sum(),
-            pl.col(args.value).min(),
-            pl.col(args.value).max(),
+            column.count().alias("count"),
+            column.sum().alias("sum"),
+            column.min().alias("min"),
+            column.max().alias("max"),
         )
         return int(grouped["rows"].sum())
 
@@ -220,6 +264,9 @@ def main() -> None:
     commands.choices["table"].add_argument("--engine", choices=ENGINES, required=True)
     commands.choices["table"].add_argument("--threads", type=int, default=2)
     commands.choices["plan"].add_argument("--chunk-bytes", type=int, required=True)
+    commands.choices["plan"].add_argument(
+        "--variants", action="store_true", help="also time other ways to plan"
+    )
     commands.choices["parser"].add_argument("--start", type=int, required=True)
     commands.choices["parser"].add_argument("--end", type=int, required=True)
     args = parser_.parse_args()

@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,13 +32,14 @@ __all__ = [
     "NOOP_TASK",
     "REPO_ROOT",
     "Cluster",
+    "Quiet",
     "Stat",
     "broker",
     "cluster",
     "machine_info",
     "peak_rss_bytes",
     "pool_children",
-    "repeat",
+    "quiet",
     "run_json",
     "server_version",
     "versions",
@@ -81,6 +82,88 @@ POLL_INTERVAL_S = 0.02
 JOB_TIMEOUT_S = 900.0
 
 
+#: The machine counts as quiet while all processes together keep below this share
+#: of its cores busy (ours are idle between timings, so the rest is someone else's).
+QUIET_BUSY_SHARE = 0.25
+#: How long one look at the machine's load lasts.
+QUIET_WINDOW_S = 0.5
+#: Longest wait for quiet before a timing goes ahead anyway (and is flagged).
+QUIET_MAX_WAIT_S = 180.0
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot, from ``/proc/stat``."""
+    fields = [
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    ]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and of every descendant it has waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class Quiet:
+    """Waits for other processes on the machine to leave the cores alone.
+
+    Other people's test runs on a shared machine would slow whichever engine
+    happens to run beside them; each timing waits for a quiet moment first, and
+    the run records how much CPU others used all the same.
+    """
+
+    def __init__(self) -> None:
+        self.waited_s = 0.0
+        self.noisy = 0
+        self._ticks_s = 1 / os.sysconf("SC_CLK_TCK")
+        self._start_busy, _ = _cpu_ticks()
+        self._start_own = _own_cpu_s()
+        self._started = time.monotonic()
+
+    def wait(self) -> None:
+        """Return once the machine's cores are mostly idle, or after the limit."""
+        deadline = time.monotonic() + QUIET_MAX_WAIT_S
+        began = time.monotonic()
+        while True:
+            busy0, total0 = _cpu_ticks()
+            time.sleep(QUIET_WINDOW_S)
+            busy1, total1 = _cpu_ticks()
+            share = (busy1 - busy0) / max(1, total1 - total0)
+            if share <= QUIET_BUSY_SHARE:
+                break
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "the machine is still %.0f%% busy with other work; measuring "
+                    "anyway",
+                    100 * share,
+                )
+                self.noisy += 1
+                break
+        waited = time.monotonic() - began - QUIET_WINDOW_S
+        if waited > 1:
+            logger.info("waited %.0f s for other work on the machine to end", waited)
+        self.waited_s += waited
+
+    def summary(self) -> dict[str, float]:
+        """CPU others used during the run, as a share of all cores, and the waits."""
+        busy, _ = _cpu_ticks()
+        busy_s = (busy - self._start_busy) * self._ticks_s
+        foreign_s = max(0.0, busy_s - (_own_cpu_s() - self._start_own))
+        wall_s = time.monotonic() - self._started
+        return {
+            "foreign_cpu_s": foreign_s,
+            "foreign_share": foreign_s / (wall_s * (os.cpu_count() or 1)),
+            "waited_s": self.waited_s,
+            "noisy_timings": self.noisy,
+        }
+
+
+#: The run's one Quiet; every timing calls ``quiet.wait()`` first.
+quiet = Quiet()
+
+
 @dataclass(frozen=True)
 class Stat:
     """Repeated timings of one thing, in seconds."""
@@ -97,11 +180,6 @@ class Stat:
 
     def as_dict(self) -> dict[str, Any]:
         return {"median": self.median, "min": self.min, "samples": self.samples}
-
-
-def repeat(run: Callable[[], float], times: int) -> Stat:
-    """Call ``run`` (which returns the seconds it measured) ``times`` times."""
-    return Stat([run() for _ in range(times)])
 
 
 def versions() -> dict[str, str]:

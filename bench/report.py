@@ -234,6 +234,12 @@ def _targets_section(found: list[Target]) -> str:
     )
 
 
+def _storage_ms(row: dict[str, Any]) -> float:
+    """Milliseconds per image that opening by path and the atomic write add."""
+    extra_s = _median(row["batchgrid_storage"]) - _median(row["batchgrid"])
+    return 1000 * extra_s / row["images"]
+
+
 def _images_section(results: dict[str, Any]) -> str:
     per_core = results.get("images_per_core")
     if not per_core:
@@ -285,11 +291,13 @@ def _images_section(results: dict[str, Any]) -> str:
         + "\n\n*PSNR output* compares the two JPEG files decoded; *pixels* compares "
         "batchgrid's gray pixels (asked for a lossless PNG) with `convert('L')`'s.\n"
     )
-    writes = ", ".join(
-        f"{name} {row['write_atomic_ms_per_image']:.1f} ms"
-        for name, row in per_core.items()
+    storage = ", ".join(
+        f"{name} +{_storage_ms(row):.1f} ms" for name, row in per_core.items()
     )
-    text += f"\nWriting one output atomically (temp file, fsync, rename): {writes}.\n"
+    text += (
+        "\nOpening the file by path and writing the output atomically (temporary "
+        f"file, fsync, rename), as a worker does, adds per image: {storage}.\n"
+    )
     e2e = results.get("images_e2e")
     if not e2e:
         return text
@@ -302,7 +310,9 @@ def _images_section(results: dict[str, Any]) -> str:
                 f"{run['images']} in {run['tasks']} tasks",
                 _s(run["wall"]),
                 f"{run['pure_conversion_s']:.2f}",
+                f"{run['with_storage_s']:.2f}",
                 f"{100 * run['overhead_median']:+.1f}%",
+                f"{100 * (run['wall']['median'] / run['with_storage_s'] - 1):+.1f}%",
             ]
         )
     text += (
@@ -310,7 +320,9 @@ def _images_section(results: dict[str, Any]) -> str:
         "From `Producer.submit_images` (listing and planning included) to the job's "
         "`finished_at`, through embedded Valkey to local workers of one process "
         "each, reading from and writing to local disk. Pure conversion: the "
-        "per-core batchgrid time of the set divided by the workers.\n\n"
+        "per-core batchgrid time of the set divided by the workers; conversion + "
+        "storage adds opening by path and the atomic write, measured the same way. "
+        "What remains is the broker, job bookkeeping and uneven last tasks.\n\n"
         + _table(
             [
                 "set",
@@ -318,7 +330,9 @@ def _images_section(results: dict[str, Any]) -> str:
                 "images",
                 "seconds, median / min",
                 "pure conversion s",
-                "overhead",
+                "conversion + storage s",
+                "overhead vs pure",
+                "overhead vs conversion + storage",
             ],
             rows,
         )
@@ -470,6 +484,32 @@ def _tables_section(results: dict[str, Any]) -> str:
             ]
         )
     big_run = tables.get("big_run", {})
+    planning = memory["producer_small"]
+    if "plan_ranges_s" in planning:
+        text += (
+            f"\n### Planning, {tables['file']['bytes'] / 1e9:.2f} GB (best of 3)\n\n"
+            "Planning reads the whole file before the first task is sent, so its "
+            "time adds to every job:\n\n"
+            + _table(
+                ["planner", "seconds"],
+                [
+                    [
+                        f"`plan_ranges`, {planning['plan_block_bytes'] >> 20} MiB "
+                        "reads (batchgrid)",
+                        f"{planning['plan_ranges_s']:.2f}",
+                    ],
+                    [
+                        "`plan_ranges`, 1 MiB reads",
+                        f"{planning['plan_ranges_1mib_s']:.2f}",
+                    ],
+                    [
+                        "floor: 1 MiB reads + `bytes.find` (memchr) for a quote",
+                        f"{planning['scan_floor_s']:.2f}",
+                    ],
+                ],
+            )
+            + "\n"
+        )
     text += (
         "\n## Memory\n\n"
         "Peak RSS (`VmHWM`) of each pool process and worker main process after the "
@@ -555,7 +595,23 @@ def _header(results: dict[str, Any]) -> str:
         "12 MP photographs are real photographs from scikit-image upscaled with "
         "Lanczos (no real 12 MP photographs are available offline); the 2 MP set "
         "is cropped and mostly upscaled from the same photographs.\n"
+        + _load_note(results)
     )
+
+
+def _load_note(results: dict[str, Any]) -> str:
+    load = results.get("machine_load")
+    if not load:
+        return ""
+    share = 100 * load["foreign_share"]
+    note = (
+        f"\nThe machine is shared: other processes used {share:.0f}%"
+        " of its CPU during the run. Each timing first waited for a quiet moment "
+        f"({load['waited_s']:.0f} s of waiting in all"
+    )
+    if load["noisy_timings"]:
+        note += f"; {load['noisy_timings']} timing(s) went ahead on a busy machine"
+    return note + ").\n"
 
 
 def markdown(results: dict[str, Any]) -> str:

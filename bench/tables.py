@@ -31,6 +31,7 @@ from bench.harness import (
     cluster,
     peak_rss_bytes,
     pool_children,
+    quiet,
     run_json,
     wait_job,
 )
@@ -179,6 +180,7 @@ def _range_seconds(log_dir: Path, job_id: str) -> list[float]:
 
 def _run_batchgrid(run: Cluster, csv: CsvFile, chunk_bytes: int) -> dict[str, Any]:
     """One tables job from planning to the merged result; its time and breakdown."""
+    quiet.wait()
     started = time.time()
     job_id = run.producer.submit_table(
         str(csv.path), by=[BY], values=[VALUE], chunk_bytes=chunk_bytes
@@ -255,6 +257,7 @@ def _naive_slices(csv: CsvFile, rows: int) -> Iterator[list[dict[str, Any]]]:
 def _run_naive(settings: Settings, csv: CsvFile, rows: int) -> dict[str, Any]:
     """The tutorial design on the first ``rows`` rows: time, message size, answer."""
     app = create_app(settings)
+    quiet.wait()
     started = time.perf_counter()
     pending, message_bytes = [], 0
     for records in _naive_slices(csv, rows):
@@ -294,6 +297,7 @@ def _pandas_slice(csv: CsvFile, rows: int) -> dict[str, list[float]]:
 
 
 def _competitor(engine: str, csv: CsvFile, threads: int) -> dict[str, Any]:
+    quiet.wait()
     env = {"POLARS_MAX_THREADS": str(threads)}
     return run_json(
         [
@@ -314,11 +318,13 @@ def _competitor(engine: str, csv: CsvFile, threads: int) -> dict[str, Any]:
     )
 
 
-def _plan_memory(csv: CsvFile, chunk_bytes: int) -> dict[str, Any]:
+def _plan_memory(csv: CsvFile, chunk_bytes: int, *, variants: bool) -> dict[str, Any]:
+    quiet.wait()
     return run_json(
         [
             "bench.engines",
             "plan",
+            *(["--variants"] if variants else []),
             "--csv",
             str(csv.path),
             "--chunk-bytes",
@@ -347,6 +353,7 @@ def _parser_bench(csv: CsvFile, chunk_bytes: int) -> dict[str, Any]:
             dialect=tables.CsvDialect(),
         )
     part = ranges[1] if len(ranges) > 1 else ranges[0]
+    quiet.wait()
     return run_json(
         [
             "bench.engines",
@@ -427,8 +434,8 @@ def run_tables(
             )
         )
 
-    out["memory"]["producer_small"] = _plan_memory(main, default_chunk)
-    out["memory"]["producer_big"] = _plan_memory(big, default_chunk)
+    out["memory"]["producer_small"] = _plan_memory(main, default_chunk, variants=True)
+    out["memory"]["producer_big"] = _plan_memory(big, default_chunk, variants=False)
 
     reference = min(out["batchgrid"], key=lambda r: r["time"].median)["groups"]
     for row in out["batchgrid"] + out["sweep"]:

@@ -67,8 +67,7 @@ def start_cluster(
         settings, count=workers, concurrency=concurrency, log_dir=root / ".logs"
     )
     local.start()
-    assert settings.job_store_url is not None
-    store = JobStore(settings.job_store_url, ttl_s=settings.job_ttl_s)
+    store = JobStore.from_settings(settings)
     return Cluster(
         settings, store, Producer(settings, create_app(settings), store), root, local
     )

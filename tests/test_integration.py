@@ -209,7 +209,7 @@ def test_table_job_with_one_worker_process_equals_two_workers(
     assert many is not None and one is not None
     assert one["groups"] == many["groups"]
     workers_used = {p["worker"] for p in cluster.store.items(job.id).values()}
-    assert len(workers_used) >= 1
+    assert len(workers_used) == 2, workers_used
 
 
 def test_task_messages_stay_small_whatever_the_file_size(

@@ -52,3 +52,19 @@ def test_readme_documents_every_setting() -> None:
     ]
 
     assert missing == []
+
+
+def test_settings_when_a_root_is_the_filesystem_root_are_refused() -> None:
+    with pytest.raises(ConfigError, match="whole filesystem"):
+        Settings(_env_file=None, storage_roots=["/"])
+
+
+def test_settings_when_roots_are_relative_make_them_absolute(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, storage_roots=["data"])
+
+    assert Path(settings.storage_roots[0]).is_absolute()
+
+
+def test_settings_when_result_backend_is_not_redis_are_refused() -> None:
+    with pytest.raises(ConfigError, match="BATCHGRID_RESULT_BACKEND_URL"):
+        Settings(_env_file=None, result_backend_url="db+postgresql://x/y")

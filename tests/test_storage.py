@@ -69,3 +69,21 @@ def test_read_range_when_file_shrank_says_it_changed(tmp_path: Path) -> None:
     assert read_range(str(path), 2, 5) == b"234"
     with pytest.raises(InputError, match="changed"):
         read_range(str(path), 5, 20)
+
+
+def test_write_atomic_when_umask_is_usual_output_is_readable_by_others(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "x.png"
+
+    write_atomic(str(target), b"data")
+
+    assert target.stat().st_mode & 0o044 == 0o044
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///data/x::memory://y", "s3://bucket/data/x?versionId=1"]
+)
+def test_confine_when_url_chains_or_has_parameters_refuses_it(url: str) -> None:
+    with pytest.raises(InputError, match="not allowed"):
+        confine(url, ["/data", "s3://bucket/data"])

@@ -131,8 +131,7 @@ def create_api(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        assert settings.job_store_url is not None
-        store = JobStore(settings.job_store_url, ttl_s=settings.job_ttl_s)
+        store = JobStore.from_settings(settings)
         api.state.store = store
         api.state.producer = Producer(settings, create_app(settings), store)
         yield

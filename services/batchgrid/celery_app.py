@@ -73,10 +73,6 @@ def _celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
-        "worker_task_log_format": (
-            "[%(asctime)s: %(levelname)s/%(processName)s] "
-            "job=%(job_id)s task=%(task_id)s %(task_name)s: %(message)s"
-        ),
     }
 
 

@@ -36,7 +36,7 @@ from batchgrid.producer import Producer
 from batchgrid.schemas import ImagesRequest, TablesRequest, plan_request
 from batchgrid.settings import Settings, get_settings
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "print_image_outcomes", "print_table", "wait_for"]
 
 app = typer.Typer(
     help="Distributed batch work on Celery and Redis: images and large CSV tables.",
@@ -48,8 +48,11 @@ out = Console()
 
 #: Exit codes, for scripts.
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_ITEMS_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
 #: How often a waiting command reads the job record.
 POLL_INTERVAL_S = 0.2
+#: A job still queued after this long gets a hint that no worker may be running.
+IDLE_HINT_S = 15.0
 #: Listing every image outcome stops being useful past this many; failures still print.
 MAX_LISTED_ITEMS = 50
 
@@ -130,8 +133,7 @@ def _print_json(document: Any) -> None:
 
 
 def _store(settings: Settings) -> JobStore:
-    assert settings.job_store_url is not None
-    store = JobStore(settings.job_store_url, ttl_s=settings.job_ttl_s)
+    store = JobStore.from_settings(settings)
     store.ping()
     return store
 
@@ -162,13 +164,19 @@ def wait_for(
         disable=quiet,
         transient=False,
     ) as progress:
-        bar = progress.add_task(
-            f"{record.kind} {job_id[:8]}", total=record.total, failed=0
-        )
+        bar = progress.add_task(f"{record.kind} {job_id}", total=record.total, failed=0)
+        hint_at = time.monotonic() + IDLE_HINT_S
         while not record.finished and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL_S)
             record = store.get(job_id)
             progress.update(bar, completed=record.done, failed=record.failed)
+            if record.state == "queued" and time.monotonic() > hint_at:
+                hint_at = float("inf")
+                progress.console.print(
+                    f"[yellow]no worker has started job {job_id} after "
+                    f"{IDLE_HINT_S:.0f} s; is a `batchgrid worker` consuming the "
+                    f"{record.kind} queue?"
+                )
         progress.update(bar, completed=record.done, failed=record.failed)
     return record
 
@@ -190,11 +198,11 @@ def _finish(store: JobSource, record: JobRecord, *, as_json: bool) -> int:
         _print_status(record)
     if not record.finished:
         console.print(
-            f"still {record.state} after the timeout; follow it with "
+            f"job {record.id} is still {record.state}; follow it with "
             f"[bold]batchgrid status {record.id}[/]"
         )
         return EXIT_TIMEOUT
-    if record.state == "failed":
+    if record.state in ("failed", "cancelled"):
         return EXIT_JOB_FAILED
     return EXIT_ITEMS_FAILED if record.failed else EXIT_OK
 
@@ -265,17 +273,17 @@ def print_table(result: dict[str, Any]) -> None:
             console.print(f"  {sample['reason']}: {sample['text']!r}")
 
 
-def _print_status(record: JobRecord) -> None:
+def _print_status(record: JobRecord, stream: Console = console) -> None:
     took = ""
     if record.finished_at and record.created_at:
         took = f" in {record.finished_at - record.created_at:.2f} s"
     color = {"succeeded": "green", "failed": "red"}.get(record.state, "yellow")
-    console.print(
+    stream.print(
         f"job {record.id}: [{color}]{record.state}[/]{took} — "
         f"{record.done}/{record.total} done, {record.failed} failed"
     )
     if record.error:
-        console.print(f"[red]reason:[/] {record.error}")
+        stream.print(f"[red]reason:[/] {record.error}")
 
 
 def _run_job(
@@ -295,11 +303,29 @@ def _run_job(
         job_id = client.submit(request)
         return _follow(client, job_id, wait=wait, timeout_s=timeout_s, as_json=as_json)
     settings = _settings()
+    embedded = not settings.broker_url
+    if embedded and not wait:
+        raise BatchgridError(
+            "--no-wait needs a broker that outlives this command: set "
+            "BATCHGRID_BROKER_URL (embedded workers stop when the command ends)"
+        )
     plan = plan_request(settings, request)  # bad input fails before anything starts
     with local_cluster(settings, workers=workers, concurrency=concurrency) as s:
         store = _store(s)
         job_id = Producer(s, create_app(s), store).submit(plan, origin="cli")
-        return _follow(store, job_id, wait=wait, timeout_s=timeout_s, as_json=as_json)
+        try:
+            code = _follow(
+                store, job_id, wait=wait, timeout_s=timeout_s, as_json=as_json
+            )
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+        if embedded and code in (EXIT_TIMEOUT, EXIT_INTERRUPTED):
+            # The local workers stop with this command; the job cannot go on.
+            store.cancel(job_id)
+            console.print(
+                f"cancelled job {job_id}: the embedded workers stop with this command"
+            )
+        return code
 
 
 def _follow(
@@ -445,7 +471,8 @@ def status(
         if as_json:
             _print_json(record.as_dict())
         else:
-            _print_status(record)
+            _print_status(record, stream=out)
+    raise typer.Exit(EXIT_JOB_FAILED if record.state in ("failed", "cancelled") else 0)
 
 
 @app.command()

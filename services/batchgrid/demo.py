@@ -141,7 +141,7 @@ def run_demo(
         console.print(
             f"broker: {_redact(connected.broker_url)}; {workers} worker processes"
         )
-        store = JobStore(connected.job_store_url or "", ttl_s=connected.job_ttl_s)
+        store = JobStore.from_settings(connected)
         producer = Producer(connected, create_app(connected), store)
 
         console.rule("images → grayscale")

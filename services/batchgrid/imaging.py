@@ -2,9 +2,11 @@
 
 import io
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from billiard.exceptions import SoftTimeLimitExceeded
 from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from batchgrid.errors import ConfigError, InputError
@@ -62,6 +64,8 @@ class ImageOptions:
     max_pixels: int = 100_000_000
     #: Quality for JPEG output, also used for WEBP output.
     jpeg_quality: int = 90
+    #: Refuse files larger than this before reading them whole into memory.
+    max_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -86,8 +90,9 @@ class ConvertedImage:
 class ImageError(InputError):
     """Raised when one image cannot be converted; ``reason`` is a short code.
 
-    Reasons: ``empty``, ``unidentified``, ``truncated``, ``too_many_pixels``,
-    ``unreadable`` and ``unwritable`` (the output format cannot hold the image).
+    Reasons: ``empty``, ``too_large``, ``unidentified``, ``truncated``,
+    ``too_many_pixels``, ``unreadable`` and ``unwritable`` (the output format
+    cannot hold the image).
     """
 
     reason: str
@@ -119,14 +124,21 @@ def convert_to_grayscale(
     Example: ``convert_to_grayscale(f, name="a/b.gif", options=ImageOptions())``
     returns a PNG (see :func:`output_name`); a bad file raises :class:`ImageError`.
     """
-    data = src.read()
+    data = src.read(options.max_bytes + 1)
+    if len(data) > options.max_bytes:
+        raise ImageError(
+            "too_large",
+            f"{name}: larger than {options.max_bytes} bytes; raise "
+            "BATCHGRID_MAX_IMAGE_BYTES or downscale the file",
+        )
     if not data:
         raise ImageError("empty", f"{name}: file is empty (0 bytes); {_FIX_HINT}")
     out_format = FORMAT_BY_EXTENSION[posixpath.splitext(output_name(name))[1].lower()]
 
     try:
         gray, note = _decode_gray(data, name=name, max_pixels=options.max_pixels)
-    except ImageError:
+    except (ImageError, SoftTimeLimitExceeded, MemoryError):
+        # Our own verdicts, and limits the task must see, pass through.
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(
@@ -286,6 +298,10 @@ def _lacks_end_marker(data: bytes) -> bool:
 
 
 def _truncated(name: str, exc: BaseException) -> ImageError:
+    # Pillow's texts name the in-memory buffer ("<_io.BytesIO object at 0x…>").
+    detail = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+    detail = detail.removeprefix("image file is truncated").strip(" ()")
+    suffix = f" ({detail})" if detail else ""
     return ImageError(
-        "truncated", f"{name}: image file is truncated ({exc}); {_FIX_HINT}"
+        "truncated", f"{name}: image file is truncated{suffix}; {_FIX_HINT}"
     )

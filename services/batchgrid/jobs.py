@@ -10,6 +10,7 @@ Keys (``{id}`` is the job id), all expiring after ``job_ttl_s``::
     batchgrid:job:{id}:items    hash  item -> outcome JSON
     batchgrid:job:{id}:failed   set   items whose outcome is an error
     batchgrid:job:{id}:result   str   final result JSON
+    batchgrid:job:{id}:attempts hash  deliveries per task (finds poison inputs)
     batchgrid:jobs              zset  job ids by creation time
 """
 
@@ -22,7 +23,8 @@ from typing import Any, Literal
 
 import redis
 
-from batchgrid.errors import BrokerUnavailableError, JobNotFoundError
+from batchgrid.errors import BrokerUnavailableError, ConfigError, JobNotFoundError
+from batchgrid.settings import Settings
 
 __all__ = ["TERMINAL_STATES", "JobRecord", "JobState", "JobStore"]
 
@@ -79,6 +81,18 @@ class JobStore:
             url, decode_responses=True, health_check_interval=30
         )
         self._ttl_s = ttl_s
+        self._mark_running = self._redis.register_script(_MARK_RUNNING)
+        self._finish = self._redis.register_script(_FINISH)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "JobStore":
+        """The store the settings name; ConfigError if they name none."""
+        if not settings.job_store_url:
+            raise ConfigError(
+                "job records need a Redis-protocol server: set "
+                "BATCHGRID_RESULT_BACKEND_URL when the broker is not Redis"
+            )
+        return cls(settings.job_store_url, ttl_s=settings.job_ttl_s)
 
     def ping(self) -> None:
         """Raise BrokerUnavailableError unless the server answers."""
@@ -128,7 +142,7 @@ class JobStore:
                 pipe.sadd(key + ":failed", *failed)
             if succeeded:
                 pipe.srem(key + ":failed", *succeeded)
-            pipe.eval(_MARK_RUNNING, 1, key, time.time())
+            self._mark_running(keys=[key], args=[time.time()], client=pipe)
             for suffix in (":items", ":failed"):
                 pipe.expire(key + suffix, self._ttl_s)
             pipe.execute()
@@ -143,24 +157,36 @@ class JobStore:
     ) -> bool:
         """Move a job to a terminal state once; False if it already had one."""
         key = _PREFIX + job_id
-        if result is not None:
-            self._redis.set(key + ":result", json.dumps(result), ex=self._ttl_s)
         fields = {"finished_at": time.time(), "error": error or ""}
-        return bool(self._redis.eval(_FINISH, 1, key, state, json.dumps(fields)))
+        payload = "" if result is None else json.dumps(result)
+        keys = [key, *(key + suffix for suffix in _SUFFIXES)]
+        args: list[str | int] = [state, json.dumps(fields), payload, self._ttl_s]
+        return bool(self._finish(keys=keys, args=args))
 
     def state(self, job_id: str) -> str | None:
         """The job's state alone (cheap), or None if unknown."""
         value = self._redis.hget(_PREFIX + job_id, "state")
         return None if value is None else str(value)
 
-    def count_attempt(self, job_id: str, task_id: str) -> int:
-        """Count one more delivery of ``task_id``; returns the count so far."""
+    def count_attempt(self, job_id: str, task_id: str, retries: int) -> int:
+        """Count one more delivery of a task's ``retries``-th try; returns the count.
+
+        Celery's own retries are new tries, not redeliveries: only a message
+        delivered again after its worker died counts more than once.
+        """
         key = _PREFIX + job_id + ":attempts"
         with self._redis.pipeline() as pipe:
-            pipe.hincrby(key, task_id, 1)
+            pipe.hincrby(key, f"{task_id}:{retries}", 1)
             pipe.expire(key, self._ttl_s)
             count, _ = pipe.execute()
         return int(count)
+
+    def claim(self, token: str) -> bool:
+        """True the first time ``token`` is claimed (within the job TTL), else False."""
+        claimed = self._redis.set(
+            f"batchgrid:claim:{token}", 1, nx=True, ex=self._ttl_s
+        )
+        return bool(claimed)
 
     def cancel(self, job_id: str) -> bool:
         """Mark the job cancelled; tasks still queued then skip their work."""
@@ -224,7 +250,11 @@ end
 return 1
 """
 
-#: Set a terminal state once: a later duplicate callback cannot overwrite it.
+#: Keys of a job beside its record hash, in the order _FINISH takes them.
+_SUFFIXES = (":result", ":items", ":failed", ":attempts")
+
+#: Set a terminal state (and the result) once, atomically: a late or duplicate
+#: callback cannot overwrite it. Every key of the job then expires together.
 _FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
@@ -234,6 +264,12 @@ redis.call('HSET', KEYS[1], 'state', ARGV[1])
 local fields = cjson.decode(ARGV[2])
 for name, value in pairs(fields) do
   redis.call('HSET', KEYS[1], name, tostring(value))
+end
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+for i = 1, #KEYS do
+  redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
 return 1
 """

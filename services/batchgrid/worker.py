@@ -3,7 +3,6 @@
 ``celery -A batchgrid.worker worker`` works as well as ``batchgrid worker``.
 """
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,6 @@ from batchgrid.logs import configure_logging
 from batchgrid.settings import get_settings
 
 __all__ = ["app", "run_worker"]
-
-logger = logging.getLogger(__name__)
 
 
 @signals.setup_logging.connect
@@ -42,7 +39,12 @@ def _warm_up(**_: Any) -> None:
 
 
 class Heartbeat(bootsteps.StartStopStep):
-    """Touches the heartbeat file from the consumer's event loop."""
+    """Touches the heartbeat file from the consumer's event loop.
+
+    The file stays when the consumer restarts (a broker outage), so a probe
+    with a threshold above the reconnect time does not kill a waiting worker;
+    it is removed when the worker shuts down.
+    """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -65,8 +67,14 @@ class Heartbeat(bootsteps.StartStopStep):
     def stop(self, parent: Any) -> None:
         if self.timer_entry is not None:
             self.timer_entry.cancel()
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+            self.timer_entry = None
+
+
+@signals.worker_shutdown.connect
+def _remove_heartbeat(**_: Any) -> None:
+    path = get_settings().heartbeat_file
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def _build_app() -> Celery:

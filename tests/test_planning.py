@@ -1,0 +1,83 @@
+"""Planning an images job: listing, bases, exclusions and batches."""
+
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from batchgrid.errors import InputError, PathOutsideRootsError
+from batchgrid.producer import batch_images, list_images, plan_images
+from batchgrid.settings import Settings
+
+
+def _settings(root: Path) -> Settings:
+    return Settings(_env_file=None, storage_roots=[str(root)], broker_url="redis://x")
+
+
+def test_plan_images_when_output_is_inside_input_leaves_outputs_out(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in" / "gray").mkdir(parents=True)
+    (tmp_path / "in" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "in" / "gray" / "a.jpg").write_bytes(b"old output")
+
+    plan = plan_images(
+        _settings(tmp_path), [str(tmp_path / "in")], str(tmp_path / "in" / "gray")
+    )
+
+    assert [name for batch in plan.batches for name in batch.names] == ["a.jpg"]
+
+
+def test_plan_images_when_input_is_inside_output_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"x")
+
+    with pytest.raises(InputError, match="outside the inputs"):
+        plan_images(_settings(tmp_path), [str(tmp_path / "in")], str(tmp_path))
+
+
+def test_plan_images_when_two_inputs_share_an_output_name_names_both(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.gif").write_bytes(b"x")
+    (tmp_path / "in" / "x.gif.png").write_bytes(b"x")
+
+    with pytest.raises(InputError, match=r"x\.gif and x\.gif\.png"):
+        plan_images(_settings(tmp_path), [str(tmp_path / "in")], str(tmp_path / "out"))
+
+
+def test_list_images_when_a_literal_name_has_brackets_takes_it_literally(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "img[1].jpg").write_bytes(b"x")
+    (tmp_path / "img1.jpg").write_bytes(b"yy")
+
+    _base, items = list_images([str(tmp_path / "img[1].jpg")], [str(tmp_path)])
+
+    assert items == [("img[1].jpg", 1)]
+
+
+def test_list_images_when_glob_climbs_with_dotdot_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PathOutsideRootsError):
+        list_images([str(tmp_path / "*" / ".." / ".." / "*")], [str(tmp_path)])
+
+
+def test_list_images_on_an_object_store_keeps_the_url_scheme_in_the_base() -> None:
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/photos/a.jpg", b"a")
+    fs.pipe("/bucket/photos/sub/b.jpg", b"bb")
+
+    base, items = list_images(["memory://bucket/photos"], ["memory://bucket"])
+
+    assert base == "memory://bucket/photos"
+    assert items == [("a.jpg", 1), ("sub/b.jpg", 2)]
+
+
+def test_batch_images_splits_by_bytes_and_count() -> None:
+    items = [(f"{n}.jpg", 400) for n in range(10)]
+
+    batches = list(batch_images(items, batch_bytes=1000, max_items=3))
+
+    assert [len(batch.names) for batch in batches] == [2, 2, 2, 2, 2]
+    assert [n for batch in batches for n in batch.names] == [n for n, _ in items]
