@@ -224,7 +224,9 @@ def print_image_outcomes(items: dict[str, dict[str, Any]]) -> None:
                 outcome["message"],
             )
         else:
-            detail = f"{outcome['output']} {outcome['width']}x{outcome['height']}"
+            detail = f"{outcome['width']}x{outcome['height']}"
+            if outcome["output"] != name:
+                detail += f" → {outcome['output']}"
             if outcome.get("note"):
                 detail += f" ({outcome['note']})"
             table.add_row(name, "[green]ok", outcome.get("worker", ""), detail)
@@ -236,36 +238,40 @@ def _number(value: float | int | None) -> str:
         return "-"
     if isinstance(value, int) or float(value).is_integer():
         return f"{int(value)}"
-    return f"{value:.4f}"
+    return f"{value:.2f}"
+
+
+#: Statistics shown per group; the last two only when some group has any.
+STATS = ("count", "sum", "mean", "min", "max", "missing", "unparseable")
 
 
 def print_table(result: dict[str, Any]) -> None:
-    """The merged per-group table, one row per group and value column."""
-    table = Table(title=f"by {', '.join(result['by'])}")
+    """The merged per-group table, one row per group and value column.
+
+    Means and sums print to two decimals; ``--json`` gives full precision.
+    """
+    values: list[str] = result["values"]
+    rows = [
+        (["∅" if key is None else str(key) for key in group["key"]], value, stats)
+        for group in result["groups"]
+        for value, stats in group["stats"].items()
+    ]
+    shown = [
+        stat
+        for stat in STATS
+        if stat not in ("missing", "unparseable") or any(r[2][stat] for r in rows)
+    ]
+    title = f"{', '.join(values)} by {', '.join(result['by'])}"
+    table = Table(title=title)
     for column in result["by"]:
         table.add_column(column)
-    table.add_column("value")
-    for stat in ("count", "sum", "mean", "min", "max", "missing", "unparseable"):
-        table.add_column(stat, justify="right")
-    for group_row in result["groups"]:
-        keys = ["∅" if key is None else str(key) for key in group_row["key"]]
-        for value, stats in group_row["stats"].items():
-            table.add_row(
-                *keys,
-                value,
-                *(
-                    _number(stats[s])
-                    for s in (
-                        "count",
-                        "sum",
-                        "mean",
-                        "min",
-                        "max",
-                        "missing",
-                        "unparseable",
-                    )
-                ),
-            )
+    if len(values) > 1:
+        table.add_column("value")
+    for stat in shown:
+        table.add_column(stat, justify="right", no_wrap=True)
+    for keys, value, stats in rows:
+        named = [value] if len(values) > 1 else []
+        table.add_row(*keys, *named, *(_number(stats[stat]) for stat in shown))
     out.print(table)
     if result.get("malformed_rows"):
         console.print(f"[yellow]{result['malformed_rows']} malformed rows skipped[/]")
