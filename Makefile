@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-fast lint format clean bench
+.PHONY: help install demo test test-fast lint format openapi clean bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -50,6 +50,9 @@ $(VENV)/.bench-installed: $(STAMP) pyproject.toml
 
 bench: $(VENV)/.bench-installed ## Measure speed and memory against other engines (~30 min; BENCH_ARGS=--quick)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+openapi: $(STAMP) ## Regenerate openapi.json from the HTTP API
+	$(BIN)/batchgrid openapi > openapi.json
 
 clean: ## Remove the virtualenv, caches and demo output
 	rm -rf $(VENV) .batchgrid .pytest_cache .mypy_cache .ruff_cache .hypothesis

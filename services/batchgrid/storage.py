@@ -15,7 +15,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from batchgrid.errors import InputError, PathOutsideRootsError
+from batchgrid.errors import ConfigError, InputError, PathOutsideRootsError
 
 __all__ = [
     "confine",
@@ -74,7 +74,14 @@ def confine(url: str, roots: Sequence[str]) -> str:
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``url`` and the path within it."""
-    fs, path = url_to_fs(url)
+    try:
+        fs, path = url_to_fs(url)
+    except ImportError as exc:
+        scheme = url.split("://", 1)[0]
+        raise ConfigError(
+            f"{url}: the {scheme}:// filesystem is not installed ({exc}); install "
+            "batchgrid's extra for it, e.g. pip install 'batchgrid[s3]'"
+        ) from exc
     return fs, path
 
 
