@@ -10,8 +10,9 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Protocol
 
 import typer
 from kombu.exceptions import OperationalError
@@ -55,6 +56,14 @@ POLL_INTERVAL_S = 0.2
 IDLE_HINT_S = 15.0
 #: Listing every image outcome stops being useful past this many; failures still print.
 MAX_LISTED_ITEMS = 50
+
+
+class JobKind(StrEnum):
+    """The two kinds of job."""
+
+    images = "images"
+    tables = "tables"
+
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print a machine-readable result.")
@@ -564,7 +573,9 @@ def beat() -> None:
 
 @app.command()
 def loadgen(
-    kind: Annotated[str, typer.Option(help="images or tables.")] = "tables",
+    kind: Annotated[
+        JobKind, typer.Option(help="Which job to submit.")
+    ] = JobKind.tables,
     rate: Annotated[float, typer.Option(min=0.01, help="Jobs per second.")] = 1.0,
     duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load.")] = 30.0,
     burst: Annotated[
@@ -581,13 +592,8 @@ def loadgen(
     from batchgrid.loadgen import make_request_factory, run_load
 
     with _errors():
-        if kind not in ("images", "tables"):
-            raise BatchgridError(f"--kind {kind!r}: use images or tables")
-        job_kind: Literal["images", "tables"] = (
-            "images" if kind == "images" else "tables"
-        )
         settings = _settings()
-        request_for = make_request_factory(Path(settings.storage_roots[0]), job_kind)
+        request_for = make_request_factory(Path(settings.storage_roots[0]), kind.value)
         with (
             Bar(console=console) as bar,
             _submitter(api, token, workers, concurrency) as submitter,
@@ -607,7 +613,7 @@ def loadgen(
                 burst=burst,
                 on_progress=progress,
             )
-        summary = Table(title=f"loadgen: {kind}")
+        summary = Table(title=f"loadgen: {kind.value}")
         for column in (
             "submitted",
             "succeeded",

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 from PIL import Image
 
@@ -74,7 +74,7 @@ def _make_csv(path: Path, rng: random.Random) -> None:
 
 
 def make_request_factory(
-    root: Path, kind: Literal["images", "tables"]
+    root: Path, kind: str
 ) -> Callable[[int], ImagesRequest | TablesRequest]:
     """Create the inputs once; return a function giving the n-th job's request."""
     rng = random.Random(42)
