@@ -104,6 +104,7 @@ def main() -> None:
             name: images.per_core(photos, repeats=repeats, data_dir=data_dir)
             for name, photos in photo_sets.items()
         }
+        results["images_cpu_scaling"] = images.cpu_scaling(photo_sets["2MP"])
     if "tables" in sections:
         main_csv = tables.make_csv(data_dir, small_gib)
         big_csv = tables.make_csv(data_dir, big_gib)

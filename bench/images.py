@@ -13,7 +13,7 @@ import logging
 import math
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -25,9 +25,9 @@ from PIL import Image
 from batchgrid.imaging import ImageOptions, convert_to_grayscale
 from batchgrid.settings import Settings
 from batchgrid.storage import write_atomic
-from bench.harness import Stat, cluster, quiet, wait_job
+from bench.harness import Stat, cluster, quiet, run_json, wait_job
 
-__all__ = ["PhotoSet", "end_to_end", "make_photos", "per_core"]
+__all__ = ["PhotoSet", "cpu_scaling", "end_to_end", "make_photos", "per_core"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ def _make_one(source: Path, target: Path, size: tuple[int, int], variant: int) -
 
 
 def make_photos(data_dir: Path, *, quick: bool) -> dict[str, PhotoSet]:
-    """Generate (or reuse) the photo sets under ``data_dir/photos``."""
-    root = data_dir / "photos"
+    """Generate (or reuse) the photo sets under ``data_dir/photos/{full,quick}``."""
+    root = data_dir / "photos" / ("quick" if quick else "full")
     counts = {name: pair[1 if quick else 0] for name, pair in SET_COUNTS.items()}
     manifest = {"version": PHOTOS_VERSION, "sizes": SET_SIZES, "counts": counts}
     manifest_path = root / "manifest.json"
@@ -201,14 +201,17 @@ def per_core(photos: PhotoSet, *, repeats: int, data_dir: Path) -> dict[str, Any
     for convert in ways.values():
         convert(paths[0])
 
-    samples: dict[str, list[float]] = {way: [] for way in ways}
-    for attempt in range(repeats):
-        quiet.wait()
+    def one_pass(attempt: int) -> dict[str, float]:
         totals = dict.fromkeys(ways, 0.0)
         for index, path in enumerate(paths):
             order = list(ways) if (index + attempt) % 2 == 0 else list(ways)[::-1]
             for way in order:
                 totals[way] += _timed(ways[way], path)
+        return totals
+
+    samples: dict[str, list[float]] = {way: [] for way in ways}
+    for attempt in range(repeats):
+        totals = quiet.run(lambda: one_pass(attempt))  # noqa: B023
         for way, total in totals.items():
             samples[way].append(total)
         logger.info(
@@ -248,15 +251,42 @@ def per_core(photos: PhotoSet, *, repeats: int, data_dir: Path) -> dict[str, Any
     }
 
 
+def cpu_scaling(photos: PhotoSet) -> dict[str, float]:
+    """How much two processes converting side by side slow each other down.
+
+    The same conversion runs in one process alone, then in two at once; two
+    workers can be at most ``2 * alone / side_by_side`` times faster than one on
+    this machine, whatever the broker does.
+    """
+    command = ["bench.engines", "convert", "--folder", str(photos.folder)]
+
+    def side_by_side() -> float:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = list(pool.map(lambda _: run_json(command), range(2)))
+        return max(float(run["seconds"]) for run in runs)
+
+    alone_s = min(quiet.run(lambda: float(run_json(command)["seconds"])) for _ in "ab")
+    pair_s = min(quiet.run(side_by_side) for _ in "ab")
+    logger.info("%s: %.2f s alone, %.2f s side by side", photos.name, alone_s, pair_s)
+    return {
+        "alone_s": alone_s,
+        "side_by_side_s": pair_s,
+        "ceiling": 2 * alone_s / pair_s,
+    }
+
+
 def _run_job(run: Any, photos: PhotoSet, out_dir: Path, **overrides: Any) -> Any:
     producer = run.producer_with(**overrides) if overrides else run.producer
-    shutil.rmtree(out_dir, ignore_errors=True)
-    quiet.wait()
-    started = time.time()
-    job_id = producer.submit_images([str(photos.folder)], str(out_dir))
-    seconds, record = wait_job(run.store, job_id, started)
+
+    def once() -> tuple[float, Any]:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        started = time.time()
+        job_id = producer.submit_images([str(photos.folder)], str(out_dir))
+        return wait_job(run.store, job_id, started)
+
+    seconds, record = quiet.run(once)
     if record.failed:
-        raise RuntimeError(f"{record.failed} images failed in job {job_id}")
+        raise RuntimeError(f"{record.failed} images failed in job {record.id}")
     return seconds, record
 
 

@@ -122,9 +122,10 @@ def targets(results: dict[str, Any]) -> list[Target]:
         duckdb = _median(_competitor(tables, "duckdb")["time"])
         polars = _median(_competitor(tables, "polars")["time"])
         naive = _median(tables["naive"]["time"])
+        gb = tables["file"]["bytes"] / 1e9
         found += [
             Target(
-                "Tables 1 GB: DuckDB (2 threads) time / batchgrid time",
+                f"Tables {gb:.1f} GB: DuckDB (2 threads) time / batchgrid time",
                 duckdb / ours,
                 1.0,
                 "min",
@@ -132,7 +133,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 speed=True,
             ),
             Target(
-                "Tables 1 GB: naive design time / batchgrid time",
+                f"Tables {gb:.1f} GB: naive design time / batchgrid time",
                 naive / ours,
                 50.0,
                 "min",
@@ -140,7 +141,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 speed=True,
             ),
             Target(
-                "Tables 1 GB: polars (2 threads) time / batchgrid time",
+                f"Tables {gb:.1f} GB: polars (2 threads) time / batchgrid time",
                 polars / ours,
                 1 / 1.5,
                 "min",
@@ -341,7 +342,16 @@ def _images_section(results: dict[str, Any]) -> str:
         f"{name} {value['median']:.2f}{TIMES} (min-based {value['min']:.2f}{TIMES})"
         for name, value in e2e["scaling"].items()
     )
-    text += f"\n\n2 workers vs 1: {scaling}.\n"
+    text += f"\n\n2 workers vs 1: {scaling}."
+    ceiling = results.get("images_cpu_scaling")
+    if ceiling:
+        slower = ceiling["side_by_side_s"] / ceiling["alone_s"]
+        text += (
+            " On this machine two processes converting side by side (no broker, no "
+            f"storage) each take {slower:.2f}{TIMES} as long as one alone, so two "
+            f"workers can be at most {ceiling['ceiling']:.2f}{TIMES} faster than one."
+        )
+    text += "\n"
     if e2e.get("sweep"):
         rows = [
             [str(row["max_items"]), str(row["tasks"]), _s(row["wall"])]
@@ -431,6 +441,7 @@ def _tables_section(results: dict[str, Any]) -> str:
             f"{_median(row['plan']):.2f}",
             f"{row['range_s_mean']:.2f}" if row["range_s_mean"] else "n/a",
             f"{100 * row['utilization']:.0f}%" if row["utilization"] else "n/a",
+            ", ".join(f"{v / _MB:.0f}" for v in row.get("pool_peak_rss_bytes", [])),
         ]
         for row in tables["sweep"]
     ]
@@ -444,6 +455,7 @@ def _tables_section(results: dict[str, Any]) -> str:
                 "planning s",
                 "s per range",
                 "workers busy",
+                "pool peak RSS MB",
             ],
             rows,
         )
@@ -514,7 +526,10 @@ def _tables_section(results: dict[str, Any]) -> str:
         "\n## Memory\n\n"
         "Peak RSS (`VmHWM`) of each pool process and worker main process after the "
         "job(s) on that file with default settings (fresh workers per file), and of "
-        "a process that only plans the job (the producer's share).\n\n"
+        "a process that only plans the job (the producer's share). A pool process "
+        "is forked from its worker's main process and counts the pages it shares "
+        "with it: an idle pool process already holds "
+        f"{_idle_mb(memory)} MB before its first task.\n\n"
         + _table(
             [
                 "file",
@@ -533,6 +548,11 @@ def _tables_section(results: dict[str, Any]) -> str:
             f"{big_run['plan_s']:.2f} s).\n"
         )
     return text
+
+
+def _idle_mb(memory: dict[str, Any]) -> str:
+    idle = memory.get("pool_idle_rss_bytes") or []
+    return ", ".join(f"{value / _MB:.0f}" for value in idle) or "n/a"
 
 
 def _broker_section(results: dict[str, Any]) -> str:
@@ -607,10 +627,12 @@ def _load_note(results: dict[str, Any]) -> str:
     note = (
         f"\nThe machine is shared: other processes used {share:.0f}%"
         " of its CPU during the run. Each timing first waited for a quiet moment "
-        f"({load['waited_s']:.0f} s of waiting in all"
+        f"({load['waited_s']:.0f} s of waiting in all), and a timing during which "
+        "other processes took more than 5% of the cores was taken again "
+        f"({load['retried_timings']} retried"
     )
-    if load["noisy_timings"]:
-        note += f"; {load['noisy_timings']} timing(s) went ahead on a busy machine"
+    if load["disturbed_timings"]:
+        note += f"; {load['disturbed_timings']} kept disturbed after 3 retries"
     return note + ").\n"
 
 
@@ -656,6 +678,9 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
             va="center",
         )
     left.set_xscale("log")
+    if values:
+        low = min([*values, *(t.goal for t in speed)])
+        left.set_xlim(low / 1.5, max(values) * 3)
     left.invert_yaxis()
     left.set_xlabel("ratio (log scale); black line: target; green met, red missed")
     left.set_title("Speed ratios against the targets")
@@ -679,6 +704,7 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
             )
         right.axvline(1.0, color="black", lw=1)
         right.set_xscale("log")
+        right.set_xlim(min(speedups) / 1.5, max(speedups) * 3)
         right.invert_yaxis()
         right.set_xlabel("speed vs pandas (log scale)")
         right.set_title(f"Tables, {tables['file']['bytes'] / 1e9:.2f} GB CSV")

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from batchgrid.celery_app import create_app
+from batchgrid.jobs import JobRecord
 from batchgrid.settings import Settings
 from bench.broker import bench_worker
 from bench.harness import (
@@ -32,6 +33,8 @@ from bench.harness import (
     peak_rss_bytes,
     pool_children,
     quiet,
+    reset_peak_rss,
+    rss_bytes,
     run_json,
     wait_job,
 )
@@ -180,12 +183,16 @@ def _range_seconds(log_dir: Path, job_id: str) -> list[float]:
 
 def _run_batchgrid(run: Cluster, csv: CsvFile, chunk_bytes: int) -> dict[str, Any]:
     """One tables job from planning to the merged result; its time and breakdown."""
-    quiet.wait()
-    started = time.time()
-    job_id = run.producer.submit_table(
-        str(csv.path), by=[BY], values=[VALUE], chunk_bytes=chunk_bytes
-    )
-    seconds, record = wait_job(run.store, job_id, started)
+
+    def once() -> tuple[float, float, JobRecord]:
+        started = time.time()
+        job_id = run.producer.submit_table(
+            str(csv.path), by=[BY], values=[VALUE], chunk_bytes=chunk_bytes
+        )
+        return (started, *wait_job(run.store, job_id, started))
+
+    started, seconds, record = quiet.run(once)
+    job_id = record.id
     result = run.store.result(job_id)
     assert result is not None and record.finished_at is not None
     ranges = _range_seconds(run.workers.log_dir, job_id)
@@ -236,6 +243,12 @@ def _repeat_batchgrid(
     }
 
 
+def _reset_worker_memory(run: Cluster) -> None:
+    for main in run.worker_pids():
+        for pid in (main, *pool_children(main)):
+            reset_peak_rss(pid)
+
+
 def _worker_memory(run: Cluster) -> dict[str, Any]:
     """Peak RSS of every pool process and of the worker main processes."""
     mains = run.worker_pids()
@@ -257,7 +270,6 @@ def _naive_slices(csv: CsvFile, rows: int) -> Iterator[list[dict[str, Any]]]:
 def _run_naive(settings: Settings, csv: CsvFile, rows: int) -> dict[str, Any]:
     """The tutorial design on the first ``rows`` rows: time, message size, answer."""
     app = create_app(settings)
-    quiet.wait()
     started = time.perf_counter()
     pending, message_bytes = [], 0
     for records in _naive_slices(csv, rows):
@@ -297,24 +309,25 @@ def _pandas_slice(csv: CsvFile, rows: int) -> dict[str, list[float]]:
 
 
 def _competitor(engine: str, csv: CsvFile, threads: int) -> dict[str, Any]:
-    quiet.wait()
     env = {"POLARS_MAX_THREADS": str(threads)}
-    return run_json(
-        [
-            "bench.engines",
-            "table",
-            "--engine",
-            engine,
-            "--csv",
-            str(csv.path),
-            "--by",
-            BY,
-            "--value",
-            VALUE,
-            "--threads",
-            str(threads),
-        ],
-        env=env,
+    return quiet.run(
+        lambda: run_json(
+            [
+                "bench.engines",
+                "table",
+                "--engine",
+                engine,
+                "--csv",
+                str(csv.path),
+                "--by",
+                BY,
+                "--value",
+                VALUE,
+                "--threads",
+                str(threads),
+            ],
+            env=env,
+        )
     )
 
 
@@ -401,19 +414,27 @@ def run_tables(
     with cluster(
         settings, workers=2, concurrency=1, queues=queues, log_dir=logs / "tables-2x1"
     ) as run:
+        idle = [
+            rss_bytes(child)
+            for pid in run.worker_pids()
+            for child in pool_children(pid)
+        ]
         _run_batchgrid(run, main, default_chunk)  # warm-up, same file and chunks
         headline = _repeat_batchgrid(
             run, main, default_chunk, repeats, "batchgrid, 2 workers x 1 process"
         )
         out["batchgrid"].append(headline)
         out["memory"]["small"] = _worker_memory(run)
+        out["memory"]["pool_idle_rss_bytes"] = idle
+        headline["pool_peak_rss_bytes"] = out["memory"]["small"]["pool_peak_rss_bytes"]
         for mib in SWEEP_CHUNK_MIB:
             if mib << 20 == default_chunk:
                 out["sweep"].append(headline)
                 continue
-            out["sweep"].append(
-                _repeat_batchgrid(run, main, mib << 20, repeats, "sweep")
-            )
+            _reset_worker_memory(run)
+            row = _repeat_batchgrid(run, main, mib << 20, repeats, "sweep")
+            row["pool_peak_rss_bytes"] = _worker_memory(run)["pool_peak_rss_bytes"]
+            out["sweep"].append(row)
 
     # Fresh workers again for the big file: its peak memory alone.
     with cluster(
@@ -472,7 +493,7 @@ def run_tables(
         _run_naive(settings, main, NAIVE_CHUNK_ROWS)  # warm-up: one task
         runs = []
         for attempt in range(repeats):
-            runs.append(_run_naive(settings, main, naive_rows))
+            runs.append(quiet.run(lambda: _run_naive(settings, main, naive_rows)))
             logger.info(
                 "naive design, %d rows, repeat %d: %.2f s",
                 naive_rows,

@@ -17,6 +17,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from redis import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchgrid import __version__
@@ -29,6 +30,7 @@ from batchgrid.errors import (
     JobNotFoundError,
 )
 from batchgrid.jobs import JobStore
+from batchgrid.metrics import producer_registry
 from batchgrid.producer import Producer
 from batchgrid.schemas import (
     ImagesRequest,
@@ -134,6 +136,7 @@ def create_api(settings: Settings) -> FastAPI:
         store = JobStore.from_settings(settings)
         api.state.store = store
         api.state.producer = Producer(settings, create_app(settings), store)
+        api.state.metrics = producer_registry(settings, store)
         yield
         store.close()
 
@@ -159,6 +162,16 @@ def create_api(settings: Settings) -> FastAPI:
     @api.exception_handler(BrokerUnavailableError)
     async def _unavailable(request: Request, exc: BatchgridError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @api.exception_handler(RedisError)
+    async def _store_away(request: Request, exc: RedisError) -> JSONResponse:
+        # The job store went away mid-request (a restart): 503, so clients retry.
+        logger.warning("job store unreachable: %s", exc)
+        detail = (
+            f"the job store does not answer ({exc}); try again shortly, or check "
+            "that Redis is up and BATCHGRID_RESULT_BACKEND_URL points at it"
+        )
+        return JSONResponse({"detail": detail}, status_code=503)
 
     def submit(request: Request, job: ImagesRequest | TablesRequest) -> Response:
         field = "csv" if isinstance(job, TablesRequest) else "sources"
@@ -278,8 +291,9 @@ def create_api(settings: Settings) -> FastAPI:
         return {"status": "ready"}
 
     @api.get("/metrics", dependencies=secured, response_class=Response)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
         """Prometheus metrics of this process."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(request.app.state.metrics)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return api

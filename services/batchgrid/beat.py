@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 
 from batchgrid.celery_app import TASK_NAMES, create_app
+from batchgrid.metrics import install_publish_hook
 from batchgrid.settings import Settings
 
 __all__ = ["beat_app", "beat_schedule", "run_beat"]
@@ -36,6 +37,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 def beat_app(settings: Settings) -> Celery:
     """A Celery app configured to run beat with RedBeat."""
     app = create_app(settings)
+    install_publish_hook()  # workers measure queue wait from it
     app.conf.update(
         beat_schedule=beat_schedule(settings),
         beat_scheduler="redbeat.RedBeatScheduler",

@@ -52,6 +52,8 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_ITEMS_FAILED, EXIT_TIMEOUT = 0, 1, 2,
 EXIT_INTERRUPTED = 130
 #: How often a waiting command reads the job record.
 POLL_INTERVAL_S = 0.2
+#: How long a waiting command pauses after the job store did not answer.
+STORE_RETRY_S = 1.0
 #: A job still queued after this long gets a hint that no worker may be running.
 IDLE_HINT_S = 15.0
 #: Listing every image outcome stops being useful past this many; failures still print.
@@ -120,18 +122,19 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except BatchgridError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        console.print(f"[bold red]error:[/] {problems}")
+        console.print(f"[bold red]error:[/] {problems}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except (OperationalError, RedisError, ConnectionError) as exc:
         console.print(
             f"[bold red]error:[/] the broker is unreachable ({exc}); check "
-            "BATCHGRID_BROKER_URL and that the server is up"
+            "BATCHGRID_BROKER_URL and that the server is up",
+            soft_wrap=True,  # one line, whatever the terminal width
         )
         raise typer.Exit(EXIT_USAGE) from None
 
@@ -175,9 +178,24 @@ def wait_for(
     ) as progress:
         bar = progress.add_task(f"{record.kind} {job_id}", total=record.total, failed=0)
         hint_at = time.monotonic() + IDLE_HINT_S
+        away = False
         while not record.finished and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL_S)
-            record = store.get(job_id)
+            try:
+                record = store.get(job_id)
+            except (RedisError, ConnectionError) as exc:
+                # A Redis restart or failover: the job goes on; keep asking.
+                if not away:
+                    progress.console.print(
+                        f"[yellow]the job store is unreachable ({exc}); retrying "
+                        "until it answers or --timeout passes"
+                    )
+                away = True
+                time.sleep(STORE_RETRY_S)
+                continue
+            if away:
+                progress.console.print("[green]the job store answers again")
+                away = False
             progress.update(bar, completed=record.done, failed=record.failed)
             if record.state == "queued" and time.monotonic() > hint_at:
                 hint_at = float("inf")
@@ -668,6 +686,47 @@ def _submitter(
         return
     with local_cluster(_settings(), workers=workers, concurrency=concurrency) as s:
         yield _DirectSubmitter(s, _store(s))
+
+
+@app.command()
+def top(
+    metrics_urls: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metrics",
+            help="A worker's or producer's /metrics URL (repeat). Default: the "
+            "local worker's, at BATCHGRID_METRICS_PORT.",
+        ),
+    ] = None,
+    prometheus: Annotated[
+        str | None,
+        typer.Option(help="Read from this Prometheus server instead (last 5 min)."),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option(min=0.2, help="Seconds between refreshes.")
+    ] = 2.0,
+    once: Annotated[bool, typer.Option(help="Print one snapshot and exit.")] = False,
+    token: Token = None,
+) -> None:
+    """Watch queue lengths and per-node queue wait and runtime (p50, p95)."""
+    from functools import partial
+
+    from batchgrid.top import read_endpoints, read_prometheus, run_top
+
+    with _errors():
+        if prometheus:
+            read = partial(read_prometheus, prometheus, token=token)
+        else:
+            urls = metrics_urls or [
+                f"http://127.0.0.1:{_settings().metrics_port}/metrics"
+            ]
+            read = partial(read_endpoints, urls, token=token)
+        snapshot = run_top(read, console=out, interval_s=interval, once=once)
+        if snapshot.errors and not (snapshot.queues or snapshot.nodes):
+            raise BatchgridError(
+                "no metrics source answered; check the --metrics URLs (a worker "
+                "serves them on BATCHGRID_METRICS_PORT) or --prometheus"
+            )
 
 
 @app.command()

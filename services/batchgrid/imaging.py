@@ -52,6 +52,9 @@ _JPEG_END = b"\xff\xd9"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND"
 _FIX_HINT = "re-export or remove the file"
+#: Files are read in blocks of this size: one read() of max_bytes would reserve
+#: all of it up front, a 512 MiB allocation for every small image.
+READ_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def convert_to_grayscale(
     Example: ``convert_to_grayscale(f, name="a/b.gif", options=ImageOptions())``
     returns a PNG (see :func:`output_name`); a bad file raises :class:`ImageError`.
     """
-    data = src.read(options.max_bytes + 1)
+    data = _read_at_most(src, options.max_bytes)
     if len(data) > options.max_bytes:
         raise ImageError(
             "too_large",
@@ -172,6 +175,19 @@ def convert_to_grayscale(
             height=gray.height,
             note=note,
         )
+
+
+def _read_at_most(src: BinaryIO, limit: int) -> bytes:
+    """The file's bytes, or its first ``limit`` + 1 if it is longer than ``limit``."""
+    blocks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        block = src.read(min(READ_BLOCK_BYTES, limit + 1 - size))
+        if not block:
+            break
+        blocks.append(block)
+        size += len(block)
+    return b"".join(blocks)
 
 
 def _decode_gray(

@@ -17,11 +17,13 @@ Keys (``{id}`` is the job id), all expiring after ``job_ttl_s``::
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from batchgrid.errors import BrokerUnavailableError, ConfigError, JobNotFoundError
 from batchgrid.settings import Settings
@@ -69,6 +71,16 @@ class JobRecord:
         }
 
 
+def _tries(outage_s: float) -> int:
+    """Retries of 0.1, 0.2, 0.4 ... 2, 2 s that together wait at least ``outage_s``."""
+    tries, waited, pause = 0, 0.0, 0.1
+    while waited < outage_s:
+        waited += pause
+        pause = min(2.0, pause * 2)
+        tries += 1
+    return tries
+
+
 def _float_or_none(value: str | None) -> float | None:
     return float(value) if value else None
 
@@ -76,23 +88,32 @@ def _float_or_none(value: str | None) -> float | None:
 class JobStore:
     """Reads and writes job records on a Redis-protocol server."""
 
-    def __init__(self, url: str, *, ttl_s: int) -> None:
+    def __init__(self, url: str, *, ttl_s: int, outage_s: float = 0.0) -> None:
+        """``outage_s``: how long calls keep retrying while the server is away
+        (a restart, a failover); 0 keeps redis-py's few quick retries."""
+        options: dict[str, Any] = {}
+        if outage_s > 0:
+            options = {
+                "retry": Retry(ExponentialBackoff(cap=2, base=0.1), _tries(outage_s)),
+                "socket_connect_timeout": 5,
+                "socket_timeout": 30,
+            }
         self._redis: redis.Redis = redis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30
+            url, decode_responses=True, health_check_interval=30, **options
         )
         self._ttl_s = ttl_s
         self._mark_running = self._redis.register_script(_MARK_RUNNING)
         self._finish = self._redis.register_script(_FINISH)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "JobStore":
+    def from_settings(cls, settings: Settings, *, outage_s: float = 0.0) -> "JobStore":
         """The store the settings name; ConfigError if they name none."""
         if not settings.job_store_url:
             raise ConfigError(
                 "job records need a Redis-protocol server: set "
                 "BATCHGRID_RESULT_BACKEND_URL when the broker is not Redis"
             )
-        return cls(settings.job_store_url, ttl_s=settings.job_ttl_s)
+        return cls(settings.job_store_url, ttl_s=settings.job_ttl_s, outage_s=outage_s)
 
     def ping(self) -> None:
         """Raise BrokerUnavailableError unless the server answers."""
@@ -126,18 +147,22 @@ class JobStore:
             pipe.execute()
         return job_id
 
-    def record(self, job_id: str, outcomes: Mapping[str, Mapping[str, Any]]) -> None:
-        """Store item outcomes; an outcome with an ``error`` key counts as failed."""
+    def record(self, job_id: str, outcomes: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Store item outcomes; an outcome with an ``error`` key counts as failed.
+
+        Returns True when every item of the job has an outcome now.
+        """
         key = _PREFIX + job_id
         failed = [item for item, outcome in outcomes.items() if "error" in outcome]
         succeeded = [
             item for item, outcome in outcomes.items() if "error" not in outcome
         ]
         with self._redis.pipeline() as pipe:
-            pipe.hset(
-                key + ":items",
-                mapping={item: json.dumps(o) for item, o in outcomes.items()},
-            )
+            if outcomes:
+                pipe.hset(
+                    key + ":items",
+                    mapping={item: json.dumps(o) for item, o in outcomes.items()},
+                )
             if failed:
                 pipe.sadd(key + ":failed", *failed)
             if succeeded:
@@ -145,7 +170,17 @@ class JobStore:
             self._mark_running(keys=[key], args=[time.time()], client=pipe)
             for suffix in (":items", ":failed"):
                 pipe.expire(key + suffix, self._ttl_s)
-            pipe.execute()
+            pipe.hlen(key + ":items")
+            pipe.hget(key, "total")
+            *_, done, total = pipe.execute()
+        return total is not None and int(done) >= int(total)
+
+    def recorded(self, job_id: str, items: Sequence[str]) -> set[str]:
+        """Those of ``items`` that have an outcome already."""
+        if not items:
+            return set()
+        found = self._redis.hmget(_PREFIX + job_id + ":items", list(items))
+        return {item for item, value in zip(items, found, strict=True) if value}
 
     def finish(
         self,
@@ -236,6 +271,19 @@ class JobStore:
         """Ids of the most recent jobs, newest first."""
         ids = self._redis.zrevrange(_INDEX, offset, offset + limit - 1)
         return [str(job_id) for job_id in ids]
+
+    def count_unfinished(self, *, limit: int) -> dict[tuple[str, str], int]:
+        """Queued and running jobs among the ``limit`` most recent, by (kind, state)."""
+        ids = self._redis.zrevrange(_INDEX, 0, limit - 1)
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(_PREFIX + str(job_id), "kind", "state")
+            rows = pipe.execute() if ids else []
+        counts: dict[tuple[str, str], int] = {}
+        for kind, state in rows:
+            if kind and state in ("queued", "running"):
+                counts[(kind, state)] = counts.get((kind, state), 0) + 1
+        return counts
 
     def close(self) -> None:
         self._redis.close()

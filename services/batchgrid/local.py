@@ -146,6 +146,7 @@ class LocalWorkers:
         queues: Sequence[str] | None = None,
         log_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        name: str = "local",
     ) -> None:
         if not settings.broker_url:
             raise ConfigError("local workers need a broker URL")
@@ -155,8 +156,18 @@ class LocalWorkers:
         self.queues = list(queues or [settings.images_queue, settings.tables_queue])
         self.log_dir = log_dir or settings.data_dir / "logs"
         self.extra_env = extra_env or {}
+        #: Workers are named ``{name}{index}-{our pid}@host``.
+        self.name = name
         self.processes: list[subprocess.Popen[bytes]] = []
         self._heartbeats: list[Path] = []
+
+    def _metrics_port(self, index: int) -> str:
+        """One ``/metrics`` port per worker from BATCHGRID_METRICS_PORT up when it is
+        set; none otherwise, since every worker would want the default port."""
+        port = self.settings.metrics_port
+        if "metrics_port" not in self.settings.model_fields_set or not port:
+            return "0"
+        return str(port + index)
 
     def log_path(self, index: int) -> Path:
         return self.log_dir / f"worker-{index}.log"
@@ -173,6 +184,7 @@ class LocalWorkers:
                 "BATCHGRID_RESULT_BACKEND_URL": self.settings.job_store_url or "",
                 "BATCHGRID_HEARTBEAT_FILE": str(heartbeat),
                 "BATCHGRID_STORAGE_ROOTS": ",".join(self.settings.storage_roots),
+                "BATCHGRID_METRICS_PORT": self._metrics_port(index),
                 **self.extra_env,
             }
             command = [
@@ -183,7 +195,7 @@ class LocalWorkers:
                 "--queues",
                 ",".join(self.queues),
                 "--hostname",
-                f"local{index}-{os.getpid()}@%h",
+                f"{self.name}{index}-{os.getpid()}@%h",
             ]
             if self.concurrency:
                 command += ["--concurrency", str(self.concurrency)]

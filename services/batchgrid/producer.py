@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery, chord, group
 from celery.canvas import Signature
 
-from batchgrid import imaging, tables
+from batchgrid import imaging, metrics, tables
 from batchgrid.celery_app import TASK_NAMES
 from batchgrid.errors import BrokerUnavailableError, InputError, PathOutsideRootsError
 from batchgrid.jobs import JobStore
@@ -281,6 +281,7 @@ class Producer:
         self.settings = settings
         self.app = app
         self.store = store
+        metrics.install_publish_hook()  # workers measure queue wait from it
 
     def _signature(self, task: str, queue: str, **kwargs: Any) -> Signature[Any]:
         # A short repr: Celery otherwise repeats every argument in the headers.
@@ -327,8 +328,12 @@ class Producer:
         ``origin`` says who asked (``cli``, ``api``, ``schedule:NAME``).
         """
         if isinstance(plan, ImagesPlan):
-            return self._submit_images(plan, origin)
-        return self._submit_table(plan, origin)
+            job_id = self._submit_images(plan, origin)
+        else:
+            job_id = self._submit_table(plan, origin)
+        kind = "images" if isinstance(plan, ImagesPlan) else "tables"
+        metrics.JOBS_SUBMITTED.labels(kind, origin.split(":")[0] or "unknown").inc()
+        return job_id
 
     def _submit_images(self, plan: ImagesPlan, origin: str) -> str:
         options = {

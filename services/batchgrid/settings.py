@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     #: Image files larger than this are refused before they are read into memory.
     max_image_bytes: int = Field(default=512 * _MiB, ge=1)
     jpeg_quality: int = Field(default=90, ge=1, le=100)
+    #: Memory one task may allocate on top of what its pool process holds once
+    #: started. Past it the allocation fails and the item fails as
+    #: ``out_of_memory``, instead of the kernel killing the worker. 0: no limit.
+    max_task_memory_bytes: int = Field(default=2048 * _MiB, ge=0)
+    #: A CSV row whose group-by field is longer than this is skipped as
+    #: malformed (counted and sampled), as Python's csv module refuses fields
+    #: over 128 KiB: a key that size is a quoting error, and would bloat results.
+    max_csv_field_bytes: int = Field(default=128 * 1024, ge=1)
 
     #: The worker touches this file while its event loop runs: a liveness probe that
     #: costs nothing (no Python start, no broker round trip). Empty: no file.
@@ -132,6 +140,14 @@ class Settings(BaseSettings):
     log_json: bool = False
     #: Send Celery task events (needed by celery-exporter and Flower).
     task_events: bool = False
+    #: Port of a worker's Prometheus ``/metrics``; 0 turns it off. Local workers that
+    #: the CLI starts serve none unless this is set, then one port each from it up.
+    metrics_port: int = Field(default=9809, ge=0, le=65535)
+    #: Bind address of a worker's ``/metrics``; ``0.0.0.0`` in a container.
+    metrics_host: str = "127.0.0.1"
+    #: Pool processes write their samples here, in a folder per worker that the
+    #: worker wipes when it starts. Default: ``metrics`` under the data directory.
+    metrics_dir: Path | None = None
 
     @field_validator("storage_roots", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ the roots either.
 import contextlib
 import os
 import posixpath
+import socket
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "confine",
     "filesystem",
     "read_range",
+    "remove_orphans",
     "write_atomic",
 ]
 
@@ -111,7 +113,7 @@ def write_atomic(url: str, data: bytes) -> None:
         return
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(), suffix=".part")
     try:
         # mkstemp makes the file private (0600); outputs get the usual mode.
         os.fchmod(fd, 0o666 & ~_UMASK)
@@ -123,6 +125,48 @@ def write_atomic(url: str, data: bytes) -> None:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def remove_orphans(folder_url: str) -> int:
+    """Remove temporary files that dead processes of this host left in a folder.
+
+    A process killed between creating its temporary file and renaming it (SIGKILL,
+    the OOM killer) leaves a ``.tmp-*.part`` file behind; a task delivered again
+    calls this before writing. Files of live processes, or of other hosts, stay.
+    Returns how many were removed.
+    """
+    fs, folder = filesystem(folder_url)
+    if not _is_local(fs):
+        return 0  # object stores write whole objects; nothing is left half-done
+    host_prefix = f".tmp-{socket.gethostname()}~"
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(host_prefix) and entry.name.endswith(".part")):
+            continue
+        pid = entry.name[len(host_prefix) :].split("~", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove_quietly(entry.path)
+            removed += 1
+    return removed
+
+
+def _temp_prefix() -> str:
+    """Temporary files name their writer (host and pid) so orphans can be found."""
+    return f".tmp-{socket.gethostname()}~{os.getpid()}~"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def _current_umask() -> int:

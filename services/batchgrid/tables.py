@@ -284,13 +284,15 @@ def aggregate_range(
     values: Sequence[str],
     dialect: CsvDialect,
     quoted: bool,
+    max_field_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Aggregate the data rows in ``data`` (no header) into a JSON-able partial.
 
     Returns ``{"rows", "malformed_rows", "malformed_samples", "groups"}`` where each
     group is ``[key, {value: [count, sum, min, max, missing, unparseable]}]``; a
     value that is not a finite number counts as unparseable and is left out of the
-    count, sum, min and max (which are ``None`` when the count is 0).
+    count, sum, min and max (which are ``None`` when the count is 0). A row whose
+    group-by field is longer than ``max_field_bytes`` is skipped as malformed.
     """
     _check_request(by, values, name="range")
     _check_names(names, [*by, *values], name="range")
@@ -319,6 +321,10 @@ def aggregate_range(
             "quote character and encoding"
         ) from exc
     table = table.rename_columns([*key_names, *value_names])
+    if max_field_bytes is not None:
+        table, flags = _drop_long_keys(
+            table, key_names, flags, max_field_bytes, malformed
+        )
     table, flags = _drop_non_finite(table, value_names, flags)
 
     aggregations: list[tuple[Any, ...]] = [([], "count_all")]
@@ -442,15 +448,15 @@ class _MalformedRows:
 
     def __call__(self, row: Any) -> str:
         self.count += 1
-        if len(self.samples) < MAX_MALFORMED_SAMPLES:
-            self.samples.append(
-                {
-                    "text": row.text[:MAX_SAMPLE_CHARS],
-                    "reason": f"expected {row.expected_columns} fields, "
-                    f"found {row.actual_columns}",
-                }
-            )
+        self.add_sample(
+            row.text[:MAX_SAMPLE_CHARS],
+            f"expected {row.expected_columns} fields, found {row.actual_columns}",
+        )
         return "skip"
+
+    def add_sample(self, text: str, reason: str) -> None:
+        if len(self.samples) < MAX_MALFORMED_SAMPLES:
+            self.samples.append({"text": text, "reason": reason})
 
 
 def _range_ends(
@@ -579,6 +585,34 @@ def _strings_to_float(
         )
         table = table.set_column(index, table.field(index).name, number.to_arrow())
     return table, flags
+
+
+def _drop_long_keys(
+    table: pa.Table,
+    key_names: Sequence[str],
+    flags: dict[str, pa.ChunkedArray | pa.Array],
+    max_bytes: int,
+    malformed: _MalformedRows,
+) -> tuple[pa.Table, dict[str, pa.ChunkedArray | pa.Array]]:
+    """Skip rows whose group-by field is longer than ``max_bytes``, as malformed."""
+    too_long = None
+    for column in key_names:
+        over = pc.greater(pc.binary_length(table.column(column)), max_bytes)
+        over = over.fill_null(False)
+        too_long = over if too_long is None else pc.or_(too_long, over)
+    if too_long is None or not pc.any(too_long).as_py():
+        return table, flags
+    for row in table.filter(too_long).slice(0, MAX_MALFORMED_SAMPLES).to_pylist():
+        longest = max((row[k] or "" for k in key_names), key=len)
+        malformed.add_sample(
+            longest[:MAX_SAMPLE_CHARS],
+            f"a group-by field of {len(longest.encode())} bytes, more than "
+            f"BATCHGRID_MAX_CSV_FIELD_BYTES ({max_bytes})",
+        )
+    malformed.count += int(pc.sum(too_long).as_py())
+    keep = pc.invert(too_long)
+    kept = {name: pc.filter(flag, keep) for name, flag in flags.items()}
+    return table.filter(keep), kept
 
 
 def _drop_non_finite(

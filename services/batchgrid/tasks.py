@@ -6,8 +6,10 @@ the job store, so a redelivered task changes nothing.
 """
 
 import logging
+import posixpath
 import re
 import time
+from collections import Counter
 from functools import cache
 from typing import Any
 
@@ -16,10 +18,17 @@ from celery import Task, current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from batchgrid import imaging, tables
-from batchgrid.errors import InputError
+from batchgrid.celery_app import TASK_NAMES
+from batchgrid.errors import BatchgridError, InputError
 from batchgrid.jobs import JobStore
 from batchgrid.settings import get_settings
-from batchgrid.storage import confine, filesystem, read_range, write_atomic
+from batchgrid.storage import (
+    confine,
+    filesystem,
+    read_range,
+    remove_orphans,
+    write_atomic,
+)
 
 __all__ = [
     "aggregate_range",
@@ -38,6 +47,8 @@ RETRYABLE = (ConnectionError, TimeoutError, redis.ConnectionError, redis.Timeout
 #: record, and how long it keeps looking before the job fails.
 MERGE_RETRY_COUNTDOWN_S = 1
 MERGE_WAIT_S = 120
+#: How long a task's job store calls keep retrying while Redis is away.
+STORE_OUTAGE_S = 20.0
 #: Shared by the tasks that read storage: retry transient errors with backoff.
 _RETRY_OPTIONS: dict[str, Any] = {
     "bind": True,
@@ -49,8 +60,12 @@ _RETRY_OPTIONS: dict[str, Any] = {
 
 @cache
 def job_store() -> JobStore:
-    """This process's job store client (created lazily, after the pool forks)."""
-    return JobStore.from_settings(get_settings())
+    """This process's job store client (created lazily, after the pool forks).
+
+    Its calls wait out a Redis restart of up to STORE_OUTAGE_S instead of
+    failing the task (whose retry could not be sent to a broker that is down).
+    """
+    return JobStore.from_settings(get_settings(), outage_s=STORE_OUTAGE_S)
 
 
 def _attempts(task: Task[Any, Any], job_id: str) -> int:
@@ -91,6 +106,34 @@ def _convert_one(
     return outcome
 
 
+def _remove_orphans(dst_base: str, names: list[str], roots: list[str]) -> None:
+    """Delivered again after a crash: remove the temporary files the dead process
+    left where this batch writes."""
+    outputs = (f"{dst_base}/{imaging.output_name(name)}" for name in names)
+    removed = 0
+    for folder in {posixpath.dirname(output) for output in outputs}:
+        try:
+            removed += remove_orphans(confine(folder, roots))
+        except (BatchgridError, OSError) as exc:
+            logger.warning("could not look for temporary files in %s: %s", folder, exc)
+    if removed:
+        logger.warning("removed %d temporary files left by a dead process", removed)
+
+
+def _send_finish(task: Task[Any, Any], job_id: str, finish: str) -> None:
+    """Every item has its outcome: send the job's callback from here as well.
+
+    The chord sends it when it has counted every task's result, but a process
+    killed between storing its result and counting it leaves the count one
+    short for good. The callback finishes the job once, whoever sends it.
+    """
+    queue = (task.request.delivery_info or {}).get("routing_key") or None
+    fail = task.app.signature(TASK_NAMES["fail_job"], args=(job_id,), queue=queue)
+    task.app.signature(
+        TASK_NAMES[finish], args=([],), kwargs={"job_id": job_id}, queue=queue
+    ).apply_async(link_error=fail)
+
+
 def _error(reason: str, message: str) -> dict[str, Any]:
     return {"error": reason, "message": message}
 
@@ -104,57 +147,87 @@ def convert_images(
     dst_base: str,
     names: list[str],
     options: dict[str, Any],
-) -> dict[str, int]:
-    """Convert a batch of images to grayscale; one bad file fails only itself."""
+) -> dict[str, Any]:
+    """Convert a batch of images to grayscale; one bad file fails only itself.
+
+    A batch delivered again after its process died goes file by file, recording
+    each outcome at once: a file that kills its process on every try is failed
+    alone (``worker_lost``) after ``max_retries`` + 1 tries.
+    """
     store = job_store()
     if store.state(job_id) == "cancelled":
         return {"ok": 0, "failed": 0}
-    if _too_many_deliveries(self, job_id):
-        reason = "the file crashed its worker process on every attempt"
-        store.record(job_id, {name: _error("worker_lost", reason) for name in names})
-        return {"ok": 0, "failed": len(names)}
-
     settings = get_settings()
+    limit = settings.max_retries + 1
+    attempts = _attempts(self, job_id)
     opts = imaging.ImageOptions(
         max_pixels=int(options.get("max_pixels", settings.max_image_pixels)),
         jpeg_quality=int(options.get("jpeg_quality", settings.jpeg_quality)),
         max_bytes=settings.max_image_bytes,
     )
     roots = settings.storage_roots
+    todo = names
+    again = attempts > 1
+    if again:
+        _remove_orphans(dst_base, names, roots)
+        done = store.recorded(job_id, names)
+        todo = [name for name in names if name not in done]
     outcomes: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
-    for position, name in enumerate(names):
-        try:
-            src = confine(f"{src_base}/{name}", roots)
-            dst = confine(f"{dst_base}/{imaging.output_name(name)}", roots)
-            outcomes[name] = _convert_one(src, dst, name, opts)
-        except SoftTimeLimitExceeded:
-            message = "the task's soft time limit passed before this file's turn"
-            for rest in names[position:]:
-                outcomes[rest] = _error("time_limit", message)
-            break
-        except imaging.ImageError as exc:
-            outcomes[name] = _error(exc.reason, str(exc))
-        except RETRYABLE:
-            raise  # storage briefly away: retry the batch, outcomes are idempotent
-        except InputError as exc:
-            outcomes[name] = _error("input", str(exc))
-        except (OSError, MemoryError) as exc:
-            outcomes[name] = _error("unreadable", f"{name}: {exc}")
-        if "error" in outcomes[name]:
-            logger.warning("skipped %s: %s", name, outcomes[name]["message"])
+    for position, name in enumerate(todo):
+        if again and (
+            attempts > limit * (len(names) + 1)  # not any one file's fault
+            or store.count_attempt(job_id, f"{self.request.id}:{name}", 0) >= limit
+        ):
+            outcomes[name] = _error(
+                "worker_lost",
+                f"{name}: its worker process died on each of {limit} tries "
+                "(out of memory, or a crash in a decoder); check the file",
+            )
+            logger.error("failed %s: %s", name, outcomes[name]["message"])
+        else:
+            try:
+                src = confine(f"{src_base}/{name}", roots)
+                dst = confine(f"{dst_base}/{imaging.output_name(name)}", roots)
+                outcomes[name] = _convert_one(src, dst, name, opts)
+            except SoftTimeLimitExceeded:
+                message = "the task's soft time limit passed before this file's turn"
+                for rest in todo[position:]:
+                    outcomes[rest] = _error("time_limit", message)
+                break
+            except imaging.ImageError as exc:
+                outcomes[name] = _error(exc.reason, str(exc))
+            except RETRYABLE:
+                raise  # storage briefly away: retry the batch, outcomes are idempotent
+            except InputError as exc:
+                outcomes[name] = _error("input", str(exc))
+            except MemoryError:
+                outcomes[name] = _error(
+                    "out_of_memory",
+                    f"{name}: converting it needs more memory than "
+                    "BATCHGRID_MAX_TASK_MEMORY_BYTES allows; downscale the image",
+                )
+            except OSError as exc:
+                outcomes[name] = _error("unreadable", f"{name}: {exc}")
+            if "error" in outcomes[name]:
+                logger.warning("skipped %s: %s", name, outcomes[name]["message"])
+        if again:  # recorded at once, so that the next crash spares this file
+            outcomes[name]["worker"] = self.request.hostname or ""
+            store.record(job_id, {name: outcomes[name]})
 
     for outcome in outcomes.values():
         outcome["worker"] = self.request.hostname or ""
-    store.record(job_id, outcomes)
+    if store.record(job_id, outcomes):
+        _send_finish(self, job_id, "finish_images")
     failed = sum("error" in outcome for outcome in outcomes.values())
     logger.info(
         "converted %d/%d images in %.3f s",
-        len(names) - failed,
-        len(names),
+        len(outcomes) - failed,
+        len(outcomes),
         time.perf_counter() - started,
     )
-    return {"ok": len(names) - failed, "failed": failed}
+    reasons = [o["error"] for o in outcomes.values() if "error" in o]  # for metrics
+    return {"ok": len(outcomes) - failed, "failed": failed, "errors": Counter(reasons)}
 
 
 def _wait_for_items(task: Task[Any, Any], store: JobStore, job_id: str) -> bool:
@@ -215,7 +288,16 @@ def aggregate_range(
 
     started = time.perf_counter()
     spec = store.get(job_id).options["spec"]
-    data = read_range(confine(url, get_settings().storage_roots), start, end)
+    try:
+        data = read_range(confine(url, get_settings().storage_roots), start, end)
+    except OSError as exc:
+        retries = int(self.request.retries or 0)
+        if retries < (self.max_retries or 0):
+            raise  # retried with backoff
+        raise InputError(
+            f"{url} bytes {start}-{end}: unreadable after {retries} retries ({exc}); "
+            "check that the file is still there and readable"
+        ) from exc
     try:
         partial = tables.aggregate_range(
             data,
@@ -224,11 +306,18 @@ def aggregate_range(
             values=spec["values"],
             dialect=tables.CsvDialect(**spec["dialect"]),
             quoted=quoted,
+            max_field_bytes=get_settings().max_csv_field_bytes,
         )
+    except MemoryError as exc:
+        raise InputError(
+            f"{url} bytes {start}-{end}: parsing the range needs more memory than "
+            "BATCHGRID_MAX_TASK_MEMORY_BYTES allows; use a smaller --chunk-bytes"
+        ) from exc
     except (InputError, ValueError) as exc:  # pyarrow's errors are ValueErrors
         raise InputError(f"{url} bytes {start}-{end}: {exc}") from exc
     partial["worker"] = self.request.hostname or ""
-    store.record(job_id, {str(index): partial})
+    if store.record(job_id, {str(index): partial}):
+        _send_finish(self, job_id, "finish_table")
     logger.info(
         "range %d (%d bytes, %d rows) in %.3f s",
         index,
@@ -236,7 +325,7 @@ def aggregate_range(
         partial["rows"],
         time.perf_counter() - started,
     )
-    return {"index": index, "rows": int(partial["rows"])}
+    return {"index": index, "rows": int(partial["rows"]), "bytes": end - start}
 
 
 @shared_task(name="batchgrid.tables.finish", bind=True, max_retries=None)

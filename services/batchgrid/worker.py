@@ -9,13 +9,17 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
-from batchgrid import tables
-from batchgrid import tasks as _tasks  # noqa: F401  (registers the tasks)
+from batchgrid import metrics, tables
+from batchgrid import tasks as _tasks  # registers the tasks
 from batchgrid.celery_app import create_app
+from batchgrid.limits import limit_task_memory
 from batchgrid.logs import configure_logging
 from batchgrid.settings import get_settings
 
 __all__ = ["app", "run_worker"]
+
+# Queue wait, runtime and outcomes of every task; /metrics on BATCHGRID_METRICS_PORT.
+metrics.install_worker_hooks(get_settings, _tasks.job_store)
 
 
 @signals.setup_logging.connect
@@ -36,6 +40,8 @@ def _warm_up(**_: Any) -> None:
         dialect=tables.CsvDialect(),
         quoted=False,
     )
+    # Only now, so that what the warm-up holds is not counted against tasks.
+    limit_task_memory(get_settings().max_task_memory_bytes)
 
 
 class Heartbeat(bootsteps.StartStopStep):
