@@ -91,9 +91,10 @@ class Settings(BaseSettings):
     #: Times a task is retried after an infrastructure error (storage, broker).
     max_retries: int = Field(default=3, ge=0)
 
-    #: Bytes of CSV per range task. Measured: 64 MiB parses in about 0.3 s per core,
-    #: far above the ~6.5 ms a Celery task costs.
-    chunk_bytes: int = Field(default=64 * _MiB, ge=1)
+    #: Bytes of CSV per range task. Measured by ``make bench`` on 1.07 GB: 16 MiB
+    #: ranges took 3.02 s and 253 MB per pool process, 64 MiB 3.20 s and 332 MB. A
+    #: 16 MiB range is ~60 ms of work, 15x the ~4 ms a Celery task costs.
+    chunk_bytes: int = Field(default=16 * _MiB, ge=1)
     #: A job planned into more tasks than this is refused (raise chunk_bytes).
     max_tasks_per_job: int = Field(default=100_000, ge=1)
     #: Bytes of image files per task; many small images share one task.
