@@ -101,6 +101,67 @@ def test_plan_ranges_any_chunking_rows_equal_whole_file(
     assert pieces == rows
 
 
+def reference_ends(
+    content: bytes, start: int, chunk_bytes: int
+) -> list[tuple[int, int, bool]]:
+    """Plan byte by byte: a range ends at the first even-parity newline past chunk."""
+    ends: list[tuple[int, int, bool]] = []
+    odd = quoted = False
+    range_start = start
+    for pos in range(start, len(content)):
+        is_quote = content[pos : pos + 1] == b'"'
+        odd ^= is_quote
+        quoted = quoted or is_quote
+        row_end = content[pos : pos + 1] == b"\n" and not odd
+        if row_end and pos + 1 < len(content) and pos + 1 - range_start >= chunk_bytes:
+            ends.append((range_start, pos + 1, quoted))
+            range_start, quoted = pos + 1, False
+    if range_start < len(content):
+        ends.append((range_start, len(content), quoted))
+    return ends
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.sampled_from(["x,1", '"a\nb\nc\nd",2', '"say ""hi""",3', '"\n\n\n\n\n",4']),
+        max_size=30,
+    ),
+    data=st.data(),
+)
+def test_plan_ranges_any_blocks_same_ranges_as_byte_by_byte_reference(
+    rows: list[str], data: st.DataObject
+) -> None:
+    content = ("k,v\n" + "".join(row + "\n" for row in rows)).encode()
+    chunk_bytes = data.draw(st.integers(min_value=1, max_value=len(content)))
+    block_bytes = data.draw(st.integers(min_value=1, max_value=40))
+
+    ranges = plan(content, chunk_bytes=chunk_bytes, block_bytes=block_bytes)
+
+    assert [(r.start, r.end, r.quoted) for r in ranges] == reference_ends(
+        content, 4, chunk_bytes
+    )
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 16, 64, 1 << 20])
+@pytest.mark.parametrize("chunk_bytes", [1, 50, 100, 150])
+def test_plan_ranges_quote_free_blocks_inside_quoted_field_do_not_split_it(
+    block_bytes: int, chunk_bytes: int
+) -> None:
+    # Every block inside the field but the first holds newlines and no quote: the
+    # quote-free fast path must carry the odd parity through them, not end a range.
+    field = '"' + "line\n" * 40 + '"'
+    content = f"k,v\n{field},1\nw,2\n".encode()
+
+    ranges = plan(content, chunk_bytes=chunk_bytes, block_bytes=block_bytes)
+
+    assert [content[r.start : r.end] for r in ranges] == [
+        f"{field},1\n".encode(),
+        b"w,2\n",
+    ]
+    assert [r.quoted for r in ranges] == [True, False]
+
+
 def test_plan_ranges_crlf_file_boundaries_after_newline() -> None:
     content = b"a,b\r\n1,2\r\n3,4\r\n5,6\r\n"
 

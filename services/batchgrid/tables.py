@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 #: Bytes read at a time while planning; memory stays flat whatever the file size.
-PLAN_BLOCK_BYTES = 8 * 1024 * 1024
+#: Measured on 1.07 GB from the page cache: 1 to 4 MiB reads scan it in 0.14 s,
+#: 8 MiB reads in 0.21 s (each read is a fresh buffer that no longer fits a cache).
+PLAN_BLOCK_BYTES = 1024 * 1024
 
 #: Bytes read at a time while looking for the end of the header row.
 HEADER_BLOCK_BYTES = 64 * 1024
@@ -470,9 +472,11 @@ def _range_ends(
 ) -> Iterator[tuple[int, bool]]:
     """Yield ``(end, quoted)`` of consecutive row-aligned ranges of ``[start, size)``.
 
-    Between a range's start and its target end quotes are only counted
-    (``bytes.count``); from the target on, the scan hops quote to quote until a
-    ``\\n`` at even parity.
+    Between a range's start and its target end quotes are only counted, and a stretch
+    without any is skipped at ``bytes.find`` (memchr) speed: parity is carried from
+    the first byte, so a stretch without quotes leaves it as it was, even inside a
+    quoted field. From the target on, the scan hops quote to quote until a ``\\n``
+    at even parity.
     """
     if start >= size:
         return
@@ -495,9 +499,11 @@ def _range_ends(
             here = pos - block_start
             if pos < target - 1:
                 upto = min(target - 1, block_end)
-                seen = block.count(quote, here, upto - block_start)
-                odd ^= seen % 2 == 1
-                quoted = quoted or seen > 0
+                first = block.find(quote, here, upto - block_start)
+                if first >= 0:
+                    seen = block.count(quote, first, upto - block_start)
+                    odd ^= seen % 2 == 1
+                    quoted = True
                 pos = upto
                 continue
             if odd:
