@@ -209,6 +209,21 @@ def test_health_ready_and_metrics_answer(api_url: str) -> None:
     assert "batchgrid_api_jobs_submitted" in metrics.text
 
 
+def test_queues_report_waiting_plus_in_flight_and_unknown_queue_is_404(
+    api_url: str, cluster: Cluster
+) -> None:
+    names = [cluster.settings.images_queue, cluster.settings.tables_queue]
+
+    listed = httpx.get(f"{api_url}/queues").json()
+    one = httpx.get(f"{api_url}/queues/{names[0]}").json()
+    unknown = httpx.get(f"{api_url}/queues/nope")
+
+    assert [entry["queue"] for entry in listed] == names
+    for entry in [*listed, one]:
+        assert entry["backlog"] == entry["waiting"] + entry["in_flight"]
+    assert unknown.status_code == 404 and names[0] in unknown.json()["detail"]
+
+
 def test_api_with_token_refuses_requests_without_it_but_not_health(
     cluster: Cluster, workspace: Path
 ) -> None:

@@ -17,6 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from rich.console import Console
 
 from batchgrid import metrics
+from batchgrid.backlog import queue_keys
 from batchgrid.jobs import JobStore
 from batchgrid.local import LocalWorkers
 from batchgrid.settings import Settings
@@ -26,7 +27,7 @@ FILES = Path(__file__).parent.parent / "charts" / "batchgrid" / "files"
 
 
 def test_queue_keys_when_priorities_are_on_name_every_priority_list() -> None:
-    keys = metrics.queue_keys("tables")
+    keys = queue_keys("tables")
 
     assert keys == ["tables", "tables\x06\x163", "tables\x06\x166", "tables\x06\x169"]
 
@@ -200,7 +201,7 @@ def test_worker_collector_reports_pool_and_queues() -> None:
 
 
 @pytest.mark.integration
-def test_broker_collector_counts_priority_lists_and_jobs_in_progress(
+def test_broker_collector_counts_priority_lists_held_messages_and_jobs(
     broker_url: str, tmp_path: Path
 ) -> None:
     settings = Settings(
@@ -210,6 +211,9 @@ def test_broker_collector_counts_priority_lists_and_jobs_in_progress(
     queue = f"q-{os.getpid()}-{time.monotonic_ns()}"
     client.lpush(queue, "a", "b")
     client.lpush(f"{queue}\x06\x166", "c")
+    # A message a worker holds, as kombu keeps it: [message, exchange, routing key].
+    tag = f"tag-{queue}"
+    client.hset("unacked", tag, json.dumps([{"body": "e30="}, queue, queue]))
     store = JobStore.from_settings(settings)
     store.create("images", total=1, options={})
     collector = metrics.BrokerCollector(settings, [queue], store)
@@ -220,8 +224,11 @@ def test_broker_collector_counts_priority_lists_and_jobs_in_progress(
         for s in family.samples
     }
 
-    client.delete(*metrics.queue_keys(queue))
+    client.delete(*queue_keys(queue))
+    client.hdel("unacked", tag)
     assert samples[("batchgrid_queue_length", (("queue", queue),))] == 3
+    assert samples[("batchgrid_queue_in_flight", (("queue", queue),))] == 1
+    assert samples[("batchgrid_queue_backlog", (("queue", queue),))] == 4
     queued = ("batchgrid_jobs_in_progress", (("kind", "images"), ("state", "queued")))
     assert samples[queued] >= 1
 

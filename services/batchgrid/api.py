@@ -21,6 +21,7 @@ from redis import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchgrid import __version__
+from batchgrid.backlog import broker_client, read_backlog
 from batchgrid.celery_app import create_app
 from batchgrid.errors import (
     BatchgridError,
@@ -36,6 +37,7 @@ from batchgrid.schemas import (
     ImagesRequest,
     JobList,
     JobView,
+    QueueBacklog,
     TablesRequest,
     plan_request,
 )
@@ -137,8 +139,11 @@ def create_api(settings: Settings) -> FastAPI:
         api.state.store = store
         api.state.producer = Producer(settings, create_app(settings), store)
         api.state.metrics = producer_registry(settings, store)
+        api.state.broker = broker_client(settings)
         yield
         store.close()
+        if api.state.broker is not None:
+            api.state.broker.close()
 
     api = FastAPI(
         title="batchgrid",
@@ -289,6 +294,39 @@ def create_api(settings: Settings) -> FastAPI:
         except Exception as exc:  # kombu raises many types for an unreachable broker
             raise BrokerUnavailableError(f"the broker does not answer ({exc})") from exc
         return {"status": "ready"}
+
+    queues = [settings.images_queue, settings.tables_queue]
+
+    def backlogs(request: Request, names: list[str]) -> list[QueueBacklog]:
+        broker = request.app.state.broker
+        if broker is None:
+            # TODO(AMQP brokers): RabbitMQ's management API has ready + unacked.
+            raise HTTPException(
+                501,
+                "queue backlogs are read from a Redis broker; with RabbitMQ, scale "
+                "on its queue depth (ready plus unacknowledged messages)",
+            )
+        try:
+            found = read_backlog(broker, names)
+        except RedisError as exc:
+            raise BrokerUnavailableError(f"the broker does not answer ({exc})") from exc
+        return [QueueBacklog.of(found[name]) for name in names]
+
+    @api.get("/queues", dependencies=secured, responses={501: {}, 503: {}})
+    def list_queues(request: Request) -> list[QueueBacklog]:
+        """Every queue's backlog: waiting plus in-flight messages."""
+        return backlogs(request, queues)
+
+    @api.get(
+        "/queues/{queue}", dependencies=secured, responses={404: {}, 501: {}, 503: {}}
+    )
+    def get_queue(
+        request: Request, queue: Annotated[str, PathParam(max_length=256)]
+    ) -> QueueBacklog:
+        """One queue's backlog: the autoscaling signal (KEDA metrics-api trigger)."""
+        if queue not in queues:
+            raise HTTPException(404, f"no queue {queue!r}; the queues are {queues}")
+        return backlogs(request, [queue])[0]
 
     @api.get("/metrics", dependencies=secured, response_class=Response)
     def metrics(request: Request) -> Response:

@@ -86,6 +86,8 @@ def _celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.soft_time_limit_s,
         "task_time_limit": settings.hard_time_limit_s,
         "result_expires": settings.result_expires_s,
+        # SIGTERM then becomes a soft shutdown (the worker CLI maps it to SIGQUIT).
+        "worker_soft_shutdown_timeout": float(settings.soft_shutdown_timeout_s),
         "worker_max_tasks_per_child": settings.max_tasks_per_child,
         "task_queues": queues,
         "task_default_queue": settings.tables_queue,

@@ -6,6 +6,7 @@ embedded Valkey server and local worker processes for the command's duration.
 """
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -398,6 +399,8 @@ def worker(
                 "`table`, `serve` and `demo` start their own local workers when it "
                 "is empty"
             )
+        if settings.soft_shutdown_timeout_s and _remap_sigterm():
+            return
         from batchgrid.worker import run_worker
 
         chosen = (
@@ -406,6 +409,19 @@ def worker(
             else [settings.images_queue, settings.tables_queue]
         )
         run_worker(queues=chosen, concurrency=concurrency, hostname=hostname)
+
+
+def _remap_sigterm() -> bool:
+    """Start the worker again with SIGTERM meaning Celery's soft shutdown.
+
+    billiard reads ``REMAP_SIGTERM`` when it is imported, so it must be in the
+    environment before the process starts; returns False when it already is.
+    """
+    if os.environ.get("REMAP_SIGTERM") == "SIGQUIT":
+        return False
+    env = {**os.environ, "REMAP_SIGTERM": "SIGQUIT"}
+    os.execve(sys.executable, [sys.executable, "-m", "batchgrid", *sys.argv[1:]], env)
+    return True  # not reached: execve replaces this process
 
 
 @app.command()

@@ -27,7 +27,6 @@ from typing import Any
 
 import redis
 from celery import Task, signals
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -40,6 +39,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from batchgrid.backlog import broker_client, read_backlog
 from batchgrid.celery_app import TASK_NAMES
 from batchgrid.jobs import JobStore
 from batchgrid.settings import Settings
@@ -64,7 +64,6 @@ __all__ = [
     "node_name",
     "prepare_multiprocess_dir",
     "producer_registry",
-    "queue_keys",
     "serve_worker_metrics",
 ]
 
@@ -92,8 +91,6 @@ ITEM_ERROR_REASONS = (
 OUTCOMES = ("succeeded", "failed", "retried", "revoked")
 #: The scrape counts queued and running jobs among this many most recent ones.
 MAX_SCANNED_JOBS = 1000
-#: A scrape gives up on the broker after this long rather than hang Prometheus.
-BROKER_TIMEOUT_S = 2.0
 
 #: Queue wait spans milliseconds (idle fleet) to hours (a backlog).
 QUEUE_WAIT_BUCKETS_S = (
@@ -161,11 +158,6 @@ TASKS_PUBLISHED = Counter(
 def node_name() -> str:
     """The node label: ``NODE_NAME`` (the Kubernetes node), else the host name."""
     return os.environ.get("NODE_NAME") or socket.gethostname()
-
-
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists that hold a queue's messages: one per priority step."""
-    return [queue, *(f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step)]
 
 
 # --- Publishing ------------------------------------------------------------------
@@ -483,18 +475,12 @@ class WorkerCollector:
         yield consuming
 
 
-def _redis_url(url: str) -> str:
-    for scheme, replacement in (("valkey", "redis"), ("redis+socket", "unix")):
-        if url.startswith(f"{scheme}://") or url.startswith(f"{scheme}s://"):
-            return replacement + url[len(scheme) :]
-    return url
-
-
 class BrokerCollector:
-    """Queue lengths and jobs in progress, read from Redis at scrape time.
+    """Queue backlogs and jobs in progress, read from Redis at scrape time.
 
-    A queue's length counts every list behind it: with priorities, Redis holds
-    one list per priority step and ``LLEN queue`` alone misses the others.
+    A queue's length counts every list behind it (with priorities, Redis holds one
+    list per priority step); its in-flight count, the messages workers hold
+    unacknowledged, is what a list-length scaler misses.
     """
 
     def __init__(
@@ -502,15 +488,8 @@ class BrokerCollector:
     ) -> None:
         self.queues = list(queues)
         self.store = store
-        self._broker: redis.Redis | None = None
-        broker = settings.broker_url or ""
-        if broker.startswith(("redis", "rediss", "valkey")):
-            self._broker = redis.Redis.from_url(
-                _redis_url(broker),
-                socket_timeout=BROKER_TIMEOUT_S,
-                socket_connect_timeout=BROKER_TIMEOUT_S,
-            )
         # TODO(AMQP brokers): queue lengths come from celery-exporter there.
+        self._broker = broker_client(settings)
 
     def collect(self) -> Iterator[Metric]:
         if self._broker is not None:
@@ -520,29 +499,37 @@ class BrokerCollector:
 
     def _queues(self, broker: redis.Redis) -> Iterator[Metric]:
         try:
-            with broker.pipeline(transaction=False) as pipe:
-                for queue in self.queues:
-                    for key in queue_keys(queue):
-                        pipe.llen(key)
-                pipe.hlen(Channel.unacked_key)
-                counts = pipe.execute()
+            backlogs = read_backlog(broker, self.queues)
         except redis.RedisError as exc:
             logger.warning("metrics: the broker did not answer (%s)", exc)
             return
-        length = GaugeMetricFamily(
-            "batchgrid_queue_length",
-            "Messages waiting in the queue, all priority lists counted.",
-            labels=["queue"],
-        )
-        steps = len(queue_keys(""))
-        for index, queue in enumerate(self.queues):
-            length.add_metric([queue], sum(counts[index * steps : (index + 1) * steps]))
-        yield length
+        families = {
+            "waiting": GaugeMetricFamily(
+                "batchgrid_queue_length",
+                "Messages waiting in the queue, all priority lists counted.",
+                labels=["queue"],
+            ),
+            "in_flight": GaugeMetricFamily(
+                "batchgrid_queue_in_flight",
+                "Messages of the queue that workers hold unacknowledged "
+                "(prefetched or running).",
+                labels=["queue"],
+            ),
+            "total": GaugeMetricFamily(
+                "batchgrid_queue_backlog",
+                "Waiting plus in-flight messages: the autoscaling signal.",
+                labels=["queue"],
+            ),
+        }
+        for queue, backlog in backlogs.items():
+            for field, family in families.items():
+                family.add_metric([queue], getattr(backlog, field))
+        yield from families.values()
         yield GaugeMetricFamily(
             "batchgrid_broker_unacked_messages",
             "Messages delivered to workers and not acknowledged yet, all queues "
             "(prefetched or running; invisible to the queue length).",
-            value=counts[-1],
+            value=sum(backlog.in_flight for backlog in backlogs.values()),
         )
 
     def _jobs(self, store: JobStore) -> Iterator[Metric]:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchgrid import tables
+from batchgrid.backlog import Backlog
 from batchgrid.jobs import JobRecord
 from batchgrid.producer import ImagesPlan, TablePlan, plan_images, plan_table
 from batchgrid.settings import Settings
@@ -18,6 +19,7 @@ __all__ = [
     "JobList",
     "JobView",
     "Progress",
+    "QueueBacklog",
     "TablesRequest",
     "plan_request",
 ]
@@ -96,6 +98,26 @@ class JobList(BaseModel):
     jobs: list[JobView]
     offset: int
     limit: int
+
+
+class QueueBacklog(BaseModel):
+    """A queue's work: ``backlog`` = ``waiting`` + ``in_flight``, what to scale on."""
+
+    queue: str
+    waiting: int = Field(description="Messages in the queue's lists.")
+    in_flight: int = Field(
+        description="Messages workers hold unacknowledged (prefetched or running)."
+    )
+    backlog: int = Field(description="Waiting plus in flight.")
+
+    @classmethod
+    def of(cls, backlog: Backlog) -> "QueueBacklog":
+        return cls(
+            queue=backlog.queue,
+            waiting=backlog.waiting,
+            in_flight=backlog.in_flight,
+            backlog=backlog.total,
+        )
 
 
 def plan_request(

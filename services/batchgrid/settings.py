@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     #: come back only after it, so keep it short, but above the hard time limit or a
     #: long task runs twice.
     visibility_timeout_s: int = Field(default=900, ge=1)
+    #: On SIGTERM (a scale-in, a node drain) a worker stops taking tasks. With 0 it
+    #: waits for its running tasks, as long as the hard time limit; above 0 it waits
+    #: this long (Celery sleeps it all out whenever a task is running), then stops
+    #: the tasks still running and hands their messages back to the queue.
+    soft_shutdown_timeout_s: int = Field(default=0, ge=0)
     #: Task results (chord bookkeeping) expire after this long.
     result_expires_s: int = Field(default=24 * 3600, ge=60)
     #: Job records and per-item outcomes expire after this long.
