@@ -89,7 +89,17 @@ def _workers(docs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
 
 
 def test_scenarios_cover_the_issue_list() -> None:
-    expected = {"default", "keda", "hpa", "external-redis", "s3", "monitoring", "auth"}
+    expected = {
+        "default",
+        "keda",
+        "keda-prometheus",
+        "hpa",
+        "hpa-cpu",
+        "external-redis",
+        "s3",
+        "monitoring",
+        "auth",
+    }
 
     assert expected <= set(SCENARIOS)
 
@@ -260,7 +270,9 @@ def test_generated_secrets_are_kept_on_upgrade_and_uninstall() -> None:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_worker_grace_period_is_at_least_the_hard_time_limit(scenario: str) -> None:
+def test_worker_grace_period_covers_the_hard_limit_or_the_soft_shutdown(
+    scenario: str,
+) -> None:
     docs = manifests(scenario)
     hard_limit_s = int(_config(docs)["BATCHGRID_HARD_TIME_LIMIT_S"])
 
@@ -268,7 +280,94 @@ def test_worker_grace_period_is_at_least_the_hard_time_limit(scenario: str) -> N
     assert workers
     for worker in workers:
         grace_s = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert grace_s >= hard_limit_s
+        env = _env(worker["spec"]["template"]["spec"]["containers"][0])
+        if "BATCHGRID_SOFT_SHUTDOWN_TIMEOUT_S" in env:
+            soft_s = int(env["BATCHGRID_SOFT_SHUTDOWN_TIMEOUT_S"]["value"])
+            assert env["REMAP_SIGTERM"]["value"] == "SIGQUIT"
+            assert soft_s + 10 <= grace_s
+        else:
+            assert "REMAP_SIGTERM" not in env
+            assert grace_s >= hard_limit_s
+
+
+def test_soft_shutdown_derives_a_grace_period_below_the_hard_limit() -> None:
+    (worker, *_) = _workers(manifests("default", "worker.softShutdownSeconds=60"))
+
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
+
+
+def _triggers(scaled: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {trigger["type"]: trigger for trigger in scaled["spec"]["triggers"]}
+
+
+def test_keda_scales_each_queue_on_its_backlog_with_a_list_length_floor() -> None:
+    docs = manifests("keda")
+    auths = {
+        doc["metadata"]["name"]: doc for doc in of_kind(docs, "TriggerAuthentication")
+    }
+    secrets = {doc["metadata"]["name"] for doc in of_kind(docs, "Secret")}
+
+    scaled = {
+        doc["spec"]["scaleTargetRef"]["name"]: doc
+        for doc in of_kind(docs, "ScaledObject")
+    }
+    assert set(scaled) == {worker["metadata"]["name"] for worker in _workers(docs)}
+    for name, doc in scaled.items():
+        queue = name.rsplit("-", 1)[1]
+        triggers = _triggers(doc)
+        backlog, floor = triggers["metrics-api"], triggers["redis"]
+        assert backlog["metadata"]["url"] == (
+            f"http://batchgrid-producer.batchgrid.svc:80/queues/{queue}"
+        )
+        assert backlog["metadata"]["valueLocation"] == "backlog"
+        assert backlog["metadata"]["targetValue"] == "2"  # the queue's concurrency
+        assert backlog["metadata"]["activationTargetValue"] == "0"
+        assert backlog["metadata"]["authMode"] == "bearer"
+        assert floor["metadata"]["listName"] == queue
+        assert floor["metadata"]["listLength"] == "2"
+        assert doc["spec"]["minReplicaCount"] == 0  # scale to zero
+        assert doc["spec"]["fallback"]["replicas"] >= 1
+        behavior = doc["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
+        for trigger in (backlog, floor):
+            ref = auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]
+            assert {entry["name"] for entry in ref} <= secrets
+    api_ref = auths["batchgrid-api-auth"]["spec"]["secretTargetRef"][0]
+    redis_ref = auths["batchgrid-redis-auth"]["spec"]["secretTargetRef"][0]
+    assert (api_ref["parameter"], api_ref["key"]) == ("token", "api-token")
+    assert (redis_ref["parameter"], redis_ref["name"]) == (
+        "password",
+        "batchgrid-redis",
+    )
+
+
+def test_keda_prometheus_trigger_reads_the_largest_producer_reading() -> None:
+    docs = manifests("keda-prometheus")
+
+    for doc in of_kind(docs, "ScaledObject"):
+        queue = doc["spec"]["scaleTargetRef"]["name"].rsplit("-", 1)[1]
+        assert set(_triggers(doc)) == {"prometheus"}
+        query = _triggers(doc)["prometheus"]["metadata"]["query"]
+        assert query == f'max(batchgrid_queue_backlog{{queue="{queue}"}})'
+    assert not of_kind(docs, "TriggerAuthentication")
+
+
+def test_hpa_scales_on_the_external_backlog_metric_or_on_cpu() -> None:
+    external = of_kind(manifests("hpa"), "HorizontalPodAutoscaler")
+    cpu = of_kind(manifests("hpa-cpu"), "HorizontalPodAutoscaler")
+
+    assert len(external) == len(cpu) == 2
+    for hpa in external:
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["external"]["metric"]["name"] == "batchgrid_queue_backlog"
+        queue = hpa["metadata"]["name"].rsplit("-", 1)[1]
+        assert metric["external"]["metric"]["selector"]["matchLabels"] == {
+            "queue": queue
+        }
+        assert metric["external"]["target"]["averageValue"] == "2"
+        assert hpa["spec"]["behavior"]["scaleDown"]["policies"]
+    for hpa in cpu:
+        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
 
 
 def test_grace_period_follows_a_raised_hard_time_limit() -> None:
@@ -306,6 +405,33 @@ def test_grace_period_follows_a_raised_hard_time_limit() -> None:
         (["storage.type=hostPath"], "storage.hostPath.path is empty"),
         (["storage.type=nfs"], 'storage.type "nfs" is unknown'),
         (["autoscaling.mode=vpa"], 'autoscaling.mode "vpa" is unknown'),
+        (
+            ["autoscaling.mode=hpa", "autoscaling.minReplicas=0"],
+            "an HPA cannot scale to zero",
+        ),
+        (
+            ["autoscaling.mode=keda", "autoscaling.keda.trigger=redis"],
+            'autoscaling.keda.trigger "redis" is unknown',
+        ),
+        (
+            [
+                "autoscaling.mode=keda",
+                "autoscaling.keda.trigger=prometheus",
+                "autoscaling.keda.prometheus.query=up",
+            ],
+            "must contain %s",
+        ),
+        (
+            ["worker.softShutdownSeconds=400"],
+            "worker.softShutdownSeconds (400) must be below",
+        ),
+        (
+            [
+                "worker.softShutdownSeconds=60",
+                "worker.terminationGracePeriodSeconds=65",
+            ],
+            "must exceed worker.softShutdownSeconds (60) by at least 10 s",
+        ),
         (["beat.enabled=true"], "beat.schedule is empty"),
         (["worker.heartbeat.maxAgeSeconds=20"], "worker.heartbeat.maxAgeSeconds (20)"),
         (
@@ -500,16 +626,15 @@ def test_network_policy_lets_only_the_release_reach_redis() -> None:
 
 def test_keda_reads_the_redis_password_from_its_secret() -> None:
     docs = manifests("keda")
-    (auth,) = of_kind(docs, "TriggerAuthentication")
-    scaled = of_kind(docs, "ScaledObject")
+    (auth,) = [
+        doc
+        for doc in of_kind(docs, "TriggerAuthentication")
+        if doc["metadata"]["name"] == "batchgrid-redis-auth"
+    ]
 
     assert auth["spec"]["secretTargetRef"] == [
         {"parameter": "password", "name": "batchgrid-redis", "key": "redis-password"}
     ]
-    assert {s["spec"]["triggers"][0]["metadata"]["listName"] for s in scaled} == {
-        "images",
-        "tables",
-    }
     for worker in _workers(docs):
         assert "replicas" not in worker["spec"]
 

@@ -210,10 +210,15 @@ ever written into a Deployment. Call with (dict "ctx" $ "name" "BATCHGRID_BROKER
 {{- if or .Values.config.taskEvents .Values.celeryExporter.enabled .Values.flower.enabled }}true{{ else }}false{{ end }}
 {{- end }}
 
-{{/* The workers' grace period: set, or the hard time limit plus a margin. */}}
+{{/* How long a worker may take to stop: the soft shutdown when set, else the hard time limit. */}}
+{{- define "batchgrid.worker.stopSeconds" -}}
+{{- int (default .Values.config.hardTimeLimitSeconds .Values.worker.softShutdownSeconds) }}
+{{- end }}
+
+{{/* The workers' grace period: set, or the time a worker may take to stop plus a margin. */}}
 {{- define "batchgrid.worker.gracePeriodSeconds" -}}
 {{- if not .Values.worker.terminationGracePeriodSeconds }}
-{{- add .Values.config.hardTimeLimitSeconds .Values.worker.terminationGraceMarginSeconds }}
+{{- add (include "batchgrid.worker.stopSeconds" .) .Values.worker.terminationGraceMarginSeconds }}
 {{- else }}
 {{- int .Values.worker.terminationGracePeriodSeconds }}
 {{- end }}

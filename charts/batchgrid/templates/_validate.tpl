@@ -12,8 +12,15 @@ Each message names the key and what to set.
 {{- $errors = append $errors (printf "config.visibilityTimeoutSeconds (%v) must exceed config.hardTimeLimitSeconds (%v), or Redis redelivers tasks that are still running" $c.visibilityTimeoutSeconds $c.hardTimeLimitSeconds) }}
 {{- end }}
 {{- $grace := int (include "batchgrid.worker.gracePeriodSeconds" .) }}
-{{- if lt $grace (int $c.hardTimeLimitSeconds) }}
-{{- $errors = append $errors (printf "worker.terminationGracePeriodSeconds (%v) must be at least config.hardTimeLimitSeconds (%v): a shorter grace period kills running tasks on every rollout; set 0 to derive it" $grace $c.hardTimeLimitSeconds) }}
+{{- $soft := int .Values.worker.softShutdownSeconds }}
+{{- if and (not $soft) (lt $grace (int $c.hardTimeLimitSeconds)) }}
+{{- $errors = append $errors (printf "worker.terminationGracePeriodSeconds (%v) must be at least config.hardTimeLimitSeconds (%v): a shorter grace period kills running tasks on every rollout; set 0 to derive it, or set worker.softShutdownSeconds to hand long tasks back instead" $grace $c.hardTimeLimitSeconds) }}
+{{- end }}
+{{- if and $soft (lt $grace (add $soft 10)) }}
+{{- $errors = append $errors (printf "worker.terminationGracePeriodSeconds (%v) must exceed worker.softShutdownSeconds (%v) by at least 10 s, the time to hand running tasks back; set 0 to derive it" $grace $soft) }}
+{{- end }}
+{{- if and $soft (ge $soft (int $c.hardTimeLimitSeconds)) }}
+{{- $errors = append $errors (printf "worker.softShutdownSeconds (%v) must be below config.hardTimeLimitSeconds (%v); set 0 to let running tasks finish instead" $soft $c.hardTimeLimitSeconds) }}
 {{- end }}
 {{- $hb := .Values.worker.heartbeat }}
 {{- if lt (float64 $hb.maxAgeSeconds) (mulf 3 $hb.intervalSeconds) }}
@@ -54,6 +61,18 @@ Each message names the key and what to set.
 {{- end }}
 {{- if and (ne $a.mode "none") (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
 {{- $errors = append $errors (printf "autoscaling.minReplicas (%v) exceeds autoscaling.maxReplicas (%v)" $a.minReplicas $a.maxReplicas) }}
+{{- end }}
+{{- if and (eq $a.mode "keda") (not (has $a.keda.trigger (list "metricsApi" "prometheus"))) }}
+{{- $errors = append $errors (printf "autoscaling.keda.trigger %q is unknown; use metricsApi or prometheus" $a.keda.trigger) }}
+{{- end }}
+{{- if and (eq $a.mode "hpa") (lt (int $a.minReplicas) 1) }}
+{{- $errors = append $errors "autoscaling.minReplicas is 0 with mode hpa; an HPA cannot scale to zero: use mode keda, or minReplicas 1" }}
+{{- end }}
+{{- if and (eq $a.mode "hpa") (not (has $a.hpa.metric (list "external" "cpu"))) }}
+{{- $errors = append $errors (printf "autoscaling.hpa.metric %q is unknown; use external or cpu" $a.hpa.metric) }}
+{{- end }}
+{{- if and (eq $a.mode "keda") (eq $a.keda.trigger "prometheus") (not (contains "%s" $a.keda.prometheus.query)) }}
+{{- $errors = append $errors "autoscaling.keda.prometheus.query must contain %s where the queue name goes" }}
 {{- end }}
 {{- if and .Values.beat.enabled (not .Values.beat.schedule) }}
 {{- $errors = append $errors "beat.enabled is true but beat.schedule is empty; list the periodic jobs or disable beat" }}
