@@ -5,6 +5,7 @@ wheel with an append-only file, ``batchgrid worker`` processes, RabbitMQ when on
 answers on loopback, and network namespaces made and removed by the test.
 """
 
+import base64
 import contextlib
 import io
 import json
@@ -420,6 +421,24 @@ def held_producer(cluster: FaultCluster) -> tuple[Producer, str]:
         update={"images_queue": held, "tables_queue": held}
     )
     return Producer(settings, create_app(settings), cluster.store), held
+
+
+def held_ranges(client: redis.Redis, job_id: str) -> set[int]:
+    """Indexes of the job's range tasks that a worker has taken and not acked.
+
+    They are the messages in kombu's ``unacked`` hash: what the visibility timeout
+    hands back to the queue when the worker holding them never acks.
+    """
+    held: set[int] = set()
+    for raw in client.hvals("unacked"):
+        message = json.loads(raw)[0]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _, kwargs, _ = json.loads(body)
+        if kwargs.get("job_id") == job_id and "index" in kwargs:
+            held.add(int(kwargs["index"]))
+    return held
 
 
 def redeliveries(store: JobStore, job_id: str) -> int:

@@ -772,3 +772,61 @@ def test_chart_readme_and_schema_are_generated_from_values(tmp_path: Path) -> No
     assert schema.read_text() == (CHART / "values.schema.json").read_text(), (
         "run make chart-docs"
     )
+
+
+def _kind_demo(*files: str) -> list[dict[str, Any]]:
+    """The release `make deploy` installs on kind, rendered as `make deploy` does."""
+    args = ["template", "batchgrid", str(CHART), "--namespace", "batchgrid"]
+    for name in files:
+        args += ["-f", str(ROOT / "k8s" / name)]
+    return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
+
+
+@pytest.mark.parametrize(
+    "files", [("values-kind.yaml",), ("values-kind.yaml", "values-kind-hpa.yaml")]
+)
+def test_kind_demo_values_render_valid_objects_with_the_loaded_images(
+    files: tuple[str, ...],
+) -> None:
+    docs = _kind_demo(*files)
+
+    problems = []
+    for doc in docs:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["apiVersion"].startswith(CUSTOM_GROUPS):
+            problems += [f"{name}: {p}" for p in check_custom_resource(doc)]
+            continue
+        try:
+            kubernetes_validate.validate(doc, "1.35.0", strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{name}: {exc.message}")
+    assert not problems, "\n".join(problems)
+    own = [
+        container
+        for _, spec in pod_specs(tuple(docs))
+        for container in spec["containers"]
+        if "/batchgrid/" in container["image"]
+    ]
+    # `make images` tags docker.io/batchgrid/...:dev and `kind load`s exactly those.
+    assert own and all(
+        c["image"].startswith("docker.io/batchgrid/batchgrid-")
+        and c["image"].endswith(":dev")
+        and c["imagePullPolicy"] == "Never"
+        for c in own
+    ), [(c["image"], c.get("imagePullPolicy")) for c in own]
+
+
+def test_kind_demo_objects_carry_the_names_the_demo_targets_use() -> None:
+    docs = _kind_demo("values-kind.yaml")
+
+    deployments = {d["metadata"]["name"] for d in of_kind(tuple(docs), "Deployment")}
+    services = {s["metadata"]["name"]: s for s in of_kind(tuple(docs), "Service")}
+    scaled = {s["metadata"]["name"] for s in of_kind(tuple(docs), "ScaledObject")}
+
+    # Makefile: `kubectl exec deploy/batchgrid-producer`; kube.py: the producer
+    # Service's port `http` and the worker Deployments `batchgrid-worker-<queue>`.
+    assert {"batchgrid-producer", "batchgrid-worker-images"} <= deployments
+    assert "batchgrid-worker-tables" in deployments
+    ports = services["batchgrid-producer"]["spec"]["ports"]
+    assert "http" in {port["name"] for port in ports}
+    assert len(scaled) == 2

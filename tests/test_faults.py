@@ -44,6 +44,7 @@ from tests.faultkit import (
     fault_cluster,
     free_port,
     held_producer,
+    held_ranges,
     hungry_child,
     kill_group,
     netns,
@@ -585,18 +586,37 @@ def test_worker_cut_off_from_the_network_has_its_tasks_redelivered_to_the_others
                 for item in cluster.store.items(job_id).values()
             ):
                 time.sleep(0.02)
-
+            # Freeze the worker at a moment it holds ranges it has not recorded,
+            # then cut its link: those ranges can only come back by redelivery.
+            stranded: set[int] = set()
+            for _ in range(200):
+                os.killpg(cut_off.pid, signal.SIGSTOP)
+                time.sleep(0.05)  # let a write already on the wire land
+                done = set(cluster.store.items(job_id))
+                stranded = {
+                    index
+                    for index in held_ranges(cluster.store._redis, job_id)
+                    if str(index) not in done
+                }
+                if stranded:
+                    break
+                os.killpg(cut_off.pid, signal.SIGCONT)
+                time.sleep(0.005)
+            assert stranded, "the cut-off worker never held an unfinished range"
             ns.cut()
             cut_at = time.monotonic()
+            os.killpg(cut_off.pid, signal.SIGCONT)  # alive, but alone
             for process in host.processes:
                 os.kill(process.pid, signal.SIGCONT)
             record = cluster.wait(job_id)
             recovered_s = time.monotonic() - cut_at
 
             result = cluster.store.result(job_id)
+            items = cluster.store.items(job_id)
             assert record.state == "succeeded" and result is not None
             assert_matches_reference(result, reference)
-            assert redeliveries(cluster.store, job_id) > 0
+            for index in stranded:  # done by the others, not by the cut-off one
+                assert not items[str(index)]["worker"].startswith("cutoff@")
             _note(
                 f"worker cut off (veth down in its namespace): job done "
                 f"{recovered_s:.1f} s later (visibility timeout "

@@ -745,6 +745,57 @@ def top(
             )
 
 
+@app.command("autoscale-watch")
+def autoscale_watch(
+    namespace: Annotated[
+        str, typer.Option(help="Namespace of the release.")
+    ] = "batchgrid",
+    release: Annotated[str, typer.Option(help="Helm release name.")] = "batchgrid",
+    prometheus: Annotated[
+        str | None,
+        typer.Option(help="Prometheus Service as namespace/name:port; '' for none."),
+    ] = "monitoring/prometheus-operated:9090",
+    min_replicas: Annotated[
+        int, typer.Option(min=0, help="autoscaling.minReplicas of the release.")
+    ] = 0,
+    interval: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between readings.")
+    ] = 3.0,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Give up after this many seconds.")
+    ] = 900.0,
+    png: Annotated[
+        Path | None, typer.Option(help="Write the timeline PNG here.")
+    ] = Path("k8s/out/autoscale.png"),
+    context: Annotated[
+        str | None, typer.Option(help="kubeconfig context; default: the current.")
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(help="kubeconfig file; default: $KUBECONFIG, ~/.kube/config."),
+    ] = None,
+) -> None:
+    """Watch worker replicas follow the backlog on Kubernetes, then draw it."""
+    from batchgrid.kube import KubeSource, watch
+
+    with _errors():
+        source = KubeSource(namespace, release, prometheus or None, context, kubeconfig)
+        _, settled = watch(
+            source.read,
+            console=out,
+            min_replicas=min_replicas,
+            interval_s=interval,
+            timeout_s=timeout,
+            png=png,
+        )
+    if not settled:
+        console.print(
+            f"the fleet did not scale up and back to {min_replicas} replicas "
+            f"within {timeout:.0f} s"
+        )
+        raise typer.Exit(EXIT_TIMEOUT)
+
+
 @app.command()
 def openapi() -> None:
     """Print the HTTP API's OpenAPI document (JSON)."""

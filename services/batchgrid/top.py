@@ -25,6 +25,7 @@ __all__ = [
     "NodeStats",
     "Snapshot",
     "bucket_quantile",
+    "prometheus_snapshot",
     "read_endpoints",
     "read_prometheus",
     "render",
@@ -58,6 +59,8 @@ class Snapshot:
 
     source: str
     queues: dict[str, float] = field(default_factory=dict)
+    #: Messages of each queue that workers hold (prefetched or running).
+    in_flight: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, NodeStats] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -125,10 +128,11 @@ def _take(
     value: float,
 ) -> None:
     node = labels.get("node", "")
-    if name == "batchgrid_queue_length":
+    if name in ("batchgrid_queue_length", "batchgrid_queue_in_flight"):
         queue = labels["queue"]
         # Every worker and producer report the same queue.
-        snapshot.queues[queue] = max(snapshot.queues.get(queue, 0.0), value)
+        found = snapshot.queues if name.endswith("length") else snapshot.in_flight
+        found[queue] = max(found.get(queue, 0.0), value)
     elif name in (f"{_WAIT}_bucket", f"{_RUNTIME}_bucket"):
         metric = name.removesuffix("_bucket")
         buckets[(metric, node)][float(labels["le"])] += value
@@ -148,10 +152,25 @@ def _take(
 
 def read_prometheus(url: str, *, token: str | None = None) -> Snapshot:
     """Read queue lengths and the last five minutes' latency from Prometheus."""
-    window = PROMETHEUS_WINDOW
-    snapshot = Snapshot(source=f"last {window}, from Prometheus")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     api = url.rstrip("/") + "/api/v1/query"
+    with httpx.Client(timeout=FETCH_TIMEOUT_S, headers=headers) as client:
+
+        def query(expr: str) -> dict[str, Any]:
+            body: dict[str, Any] = _get(client, api, query=expr).json()
+            return body
+
+        return prometheus_snapshot(query, where=url)
+
+
+def prometheus_snapshot(
+    query: Callable[[str], dict[str, Any]], *, where: str
+) -> Snapshot:
+    """A snapshot from Prometheus queries; ``query`` answers one expression with
+    the body of ``/api/v1/query`` and raises OSError, ValueError or
+    ``httpx.HTTPError`` when it cannot."""
+    window = PROMETHEUS_WINDOW
+    snapshot = Snapshot(source=f"last {window}, from Prometheus")
 
     def node(labels: dict[str, str]) -> NodeStats:
         return snapshot.nodes.setdefault(labels.get("node", ""), NodeStats())
@@ -160,6 +179,12 @@ def read_prometheus(url: str, *, token: str | None = None) -> Snapshot:
         (
             "max by (queue) (batchgrid_queue_length)",
             lambda labels, v: snapshot.queues.__setitem__(labels.get("queue", ""), v),
+        ),
+        (
+            "max by (queue) (batchgrid_queue_in_flight)",
+            lambda labels, v: snapshot.in_flight.__setitem__(
+                labels.get("queue", ""), v
+            ),
         ),
         (
             f'sum by (node) (increase(batchgrid_tasks_total{{outcome="succeeded"}}'
@@ -193,15 +218,14 @@ def read_prometheus(url: str, *, token: str | None = None) -> Snapshot:
                 getattr(node(labels), a)[q] = None if math.isnan(v) else v
 
             queries.append((expr, put))
-    with httpx.Client(timeout=FETCH_TIMEOUT_S, headers=headers) as client:
-        for expr, put_value in queries:
-            try:
-                body: dict[str, Any] = _get(client, api, query=expr).json()
-            except (httpx.HTTPError, ValueError) as exc:
-                snapshot.errors.append(f"{url}: {exc}")
-                break
-            for row in body.get("data", {}).get("result", []):
-                put_value(row["metric"], float(row["value"][1]))
+    for expr, put_value in queries:
+        try:
+            body = query(expr)
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            snapshot.errors.append(f"{where}: {exc}")
+            break
+        for row in body.get("data", {}).get("result", []):
+            put_value(row["metric"], float(row["value"][1]))
     return snapshot
 
 
@@ -216,8 +240,9 @@ def render(snapshot: Snapshot) -> Group:
     queues = Table(title="queues", title_justify="left")
     queues.add_column("queue")
     queues.add_column("waiting", justify="right")
+    queues.add_column("in flight", justify="right")
     for name, length in sorted(snapshot.queues.items()):
-        queues.add_row(name, f"{length:.0f}")
+        queues.add_row(name, f"{length:.0f}", f"{snapshot.in_flight.get(name, 0):.0f}")
     nodes = Table(title=f"nodes ({snapshot.source})", title_justify="left")
     for column in ("node", "succeeded", "failed", "active", "reserved"):
         nodes.add_column(column, justify="left" if column == "node" else "right")
