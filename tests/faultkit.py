@@ -47,6 +47,10 @@ FAULT_LIMITS: dict[str, int] = {
     "hard_time_limit_s": 5,
     "visibility_timeout_s": 7,
     "max_retries": 2,
+    # Tasks lost in the BRPOP instant (a worker frozen or killed in it) are sent
+    # again within seconds, not the minutes of the defaults.
+    "reconcile_interval_s": 2,
+    "reconcile_after_s": 5,
     # Several tasks per images job, so that one can be killed mid-job.
     "image_batch_max_items": 3,
 }

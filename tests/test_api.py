@@ -118,20 +118,23 @@ def test_post_images_then_result_lists_each_outcome(
     assert body["items"]["b.jpg"]["error"] in ("truncated", "unidentified")
 
 
+def _long_job(client: httpx.Client, path: Path, *, chunk_bytes: int) -> str:
+    """A tables job of 100,000 rows in many small ranges; its id."""
+    body = {
+        "csv": str(_csv(path, 100_000)),
+        "by": ["shop"],
+        "values": ["amount"],
+        "chunk_bytes": chunk_bytes,
+    }
+    job_id: str = client.post("/jobs/tables", json=body).json()["id"]
+    return job_id
+
+
 def test_delete_job_while_queued_cancels_it_and_skips_the_rest(
     api_url: str, workspace: Path
 ) -> None:
-    csv = _csv(workspace / "long.csv", 100_000)
     client = httpx.Client(base_url=api_url, timeout=60)
-    job_id = client.post(
-        "/jobs/tables",
-        json={
-            "csv": str(csv),
-            "by": ["shop"],
-            "values": ["amount"],
-            "chunk_bytes": 2048,
-        },
-    ).json()["id"]
+    job_id = _long_job(client, workspace / "long.csv", chunk_bytes=2048)
 
     cancelled = client.delete(f"/jobs/{job_id}")
     again = client.delete(f"/jobs/{job_id}")
@@ -143,6 +146,35 @@ def test_delete_job_while_queued_cancels_it_and_skips_the_rest(
     assert again.status_code == 409
     assert view["state"] == "cancelled"
     assert view["progress"]["done"] < view["progress"]["total"]
+
+
+def test_delete_running_job_revokes_its_queued_tasks_and_lets_running_ones_finish(
+    api_url: str, workspace: Path, cluster: Cluster
+) -> None:
+    client = httpx.Client(base_url=api_url, timeout=60)
+    job_id = _long_job(client, workspace / "longer.csv", chunk_bytes=1024)
+    deadline = time.monotonic() + 60
+    while client.get(f"/jobs/{job_id}").json()["progress"]["done"] == 0:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+
+    cancelled = client.delete(f"/jobs/{job_id}")
+    done_at_cancel = client.get(f"/jobs/{job_id}").json()["progress"]["done"]
+    task_ids = list(cluster.store.tasks(job_id))
+    keys = [f"celery-task-meta-{task_id}" for task_id in task_ids]
+    deadline = time.monotonic() + 60
+    while None in (stored := cluster.store._redis.mget(keys)):
+        assert time.monotonic() < deadline, "queued tasks were neither run nor dropped"
+        time.sleep(0.5)
+    states = [json.loads(raw)["status"] for raw in stored]
+    view = client.get(f"/jobs/{job_id}").json()
+
+    assert cancelled.status_code == 200 and view["state"] == "cancelled"
+    assert len(task_ids) == view["progress"]["total"]
+    # Dropped unrun by the workers that heard of the revoke.
+    assert states.count("REVOKED") > 0, set(states)
+    # What was running when the cancel came still finished and was recorded.
+    assert done_at_cancel <= view["progress"]["done"] < view["progress"]["total"]
 
 
 @pytest.mark.parametrize(
@@ -159,6 +191,26 @@ def test_delete_job_while_queued_cancels_it_and_skips_the_rest(
             {"csv": "s.csv", "by": ["shop"], "values": ["amount"], "chunk_bytes": 0},
             "chunk_bytes",
             422,
+        ),
+        (
+            {"csv": "s.csv", "by": ["shop"], "values": ["amount"], "delimiter": '"'},
+            "delimiter",
+            400,
+        ),
+        (
+            {
+                "csv": "s.csv",
+                "by": ["shop"],
+                "values": ["amount"],
+                "encoding": "utf-16",
+            },
+            "encoding",
+            400,
+        ),
+        (
+            {"csv": "s.csv", "by": ["shop"], "values": ["amount"], "encoding": "nope"},
+            "encoding",
+            400,
         ),
     ],
 )
@@ -246,10 +298,17 @@ def test_api_with_token_refuses_requests_without_it_but_not_health(
         )
         health = httpx.get(f"{url}/healthz")
         metrics = httpx.get(f"{url}/metrics")
+        spec = httpx.get(f"{url}/openapi.json")
+        spec_with_token = httpx.get(
+            f"{url}/openapi.json", headers={"Authorization": "Bearer s3cret-token"}
+        )
+        docs = httpx.get(f"{url}/docs")
 
     assert anonymous.status_code == wrong.status_code == metrics.status_code == 401
+    assert spec.status_code == 401 and docs.status_code in (401, 404)
     assert right.status_code == 201
     assert health.status_code == 200
+    assert spec_with_token.json()["info"]["title"] == "batchgrid"
 
 
 def test_list_jobs_pages_newest_first(api_url: str, workspace: Path) -> None:

@@ -7,6 +7,7 @@ resources against models generated from the KEDA and Prometheus-operator CRDs.
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from tests.chart_support import (
     CHECKOV,
     CUSTOM_GROUPS,
     KUBE_VERSIONS,
+    NODEJS_BIN,
     README_GENERATOR,
     ROOT,
     SCENARIOS,
@@ -701,6 +703,21 @@ def test_notes_name_the_next_commands() -> None:
         "kubectl --namespace batchgrid port-forward service/batchgrid-producer"
         in done.stdout
     )
+    # The default registry has no images yet: the user is told before pods fail.
+    assert "no batchgrid images are published" in done.stdout
+
+
+def test_notes_say_nothing_of_unpublished_images_once_a_registry_is_set() -> None:
+    done = helm(
+        "install",
+        "batchgrid",
+        str(CHART),
+        "--dry-run=client",
+        "--set",
+        "image.registry=registry.example.com",
+    )
+
+    assert "no batchgrid images are published" not in done.stdout
 
 
 def test_checkov_passes_with_every_skip_explained(tmp_path: Path) -> None:
@@ -764,6 +781,8 @@ def test_chart_readme_and_schema_are_generated_from_values(tmp_path: Path) -> No
         capture_output=True,
         check=True,
         timeout=120,
+        # Node.js from the wheel `make tools` installs, ahead of any system one.
+        env={**os.environ, "PATH": f"{NODEJS_BIN}{os.pathsep}{os.environ['PATH']}"},
     )
 
     assert readme.read_text() == (CHART / "README.md").read_text(), (
@@ -830,3 +849,18 @@ def test_kind_demo_objects_carry_the_names_the_demo_targets_use() -> None:
     ports = services["batchgrid-producer"]["spec"]["ports"]
     assert "http" in {port["name"] for port in ports}
     assert len(scaled) == 2
+
+
+def test_flower_asks_for_basic_auth_with_a_password_from_a_secret() -> None:
+    docs = manifests("monitoring", "flower.enabled=true")
+
+    [flower] = [
+        d
+        for d in of_kind(docs, "Deployment")
+        if d["metadata"]["name"].endswith("-flower")
+    ]
+    env = _env(flower["spec"]["template"]["spec"]["containers"][0])
+    secret_names = {s["metadata"]["name"] for s in of_kind(docs, "Secret")}
+    password = env["FLOWER_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password["name"] in secret_names
+    assert env["FLOWER_BASIC_AUTH"]["value"] == "admin:$(FLOWER_PASSWORD)"

@@ -43,6 +43,7 @@ from batchgrid.schemas import (
 )
 from batchgrid.settings import Settings
 from batchgrid.storage import confine
+from batchgrid.tables import CsvDialect
 
 __all__ = ["create_api"]
 
@@ -145,14 +146,26 @@ def create_api(settings: Settings) -> FastAPI:
         if api.state.broker is not None:
             api.state.broker.close()
 
+    # With a token, the OpenAPI document needs it too (below), and the
+    # browser pages, which cannot send it, are off.
+    public_docs = token is None
     api = FastAPI(
         title="batchgrid",
         version=__version__,
         summary="Distributed image conversion and CSV aggregation on Celery.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if public_docs else None,
+        docs_url="/docs" if public_docs else None,
+        redoc_url="/redoc" if public_docs else None,
     )
     api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     secured = [Depends(authorized)]
+
+    if not public_docs:
+
+        @api.get("/openapi.json", include_in_schema=False, dependencies=secured)
+        def openapi_document() -> dict[str, Any]:
+            return api.openapi()
 
     def store_of(request: Request) -> JobStore:
         store: JobStore = request.app.state.store
@@ -185,6 +198,16 @@ def create_api(settings: Settings) -> FastAPI:
                 confine(job.destination, settings.storage_roots)
             except InputError as exc:
                 raise _field_error("destination", exc) from exc
+        if isinstance(job, TablesRequest):
+            # Each option checked alone, so that the error names the right field.
+            for name, dialect in (
+                ("delimiter", {"delimiter": job.delimiter}),
+                ("encoding", {"encoding": job.encoding}),
+            ):
+                try:
+                    CsvDialect(**dialect)
+                except InputError as exc:
+                    raise _field_error(name, exc) from exc
         try:
             plan = plan_request(settings, job)
         except ColumnNotFoundError as exc:
@@ -271,9 +294,10 @@ def create_api(settings: Settings) -> FastAPI:
         return body
 
     @api.delete("/jobs/{job_id}", dependencies=secured, responses={404: {}, 409: {}})
-    def cancel_job(job_id: job_id_path, store: Store) -> JobView:
-        """Cancel a job: queued tasks are skipped, running ones finish."""
-        if not store.cancel(job_id):
+    def cancel_job(job_id: job_id_path, store: Store, request: Request) -> JobView:
+        """Cancel a job: queued tasks are revoked, running ones finish."""
+        producer: Producer = request.app.state.producer
+        if not producer.cancel(job_id):
             record = store.get(job_id)
             raise HTTPException(409, f"job {job_id} already {record.state}")
         return JobView.of(store.get(job_id))

@@ -8,11 +8,17 @@ from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 from batchgrid.errors import ConfigError
 from batchgrid.settings import Settings
 
 __all__ = ["TASK_NAMES", "create_app"]
+
+# redis:// and rediss:// brokers use kombu's Redis transport with a fix for a
+# server that dies under it (batchgrid.redis_transport); the URLs stay the same.
+for _scheme in ("redis", "rediss"):
+    TRANSPORT_ALIASES[_scheme] = "batchgrid.redis_transport:Transport"
 
 #: Task names are the wire contract between producers and workers.
 TASK_NAMES = {
@@ -74,6 +80,13 @@ def _celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
+        # A task that ends while Redis restarts stores its result once it is
+        # back, instead of failing the job's chord: 30 retries, each a random
+        # wait of up to 0.1, 0.2, 0.4 ... 2 s, ride out about 30 s on average.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 30,
+        "result_backend_base_sleep_between_retries_ms": 100,
+        "result_backend_max_sleep_between_retries_ms": 2000,
         "broker_connection_retry_on_startup": True,
         # Sending a task (a job, a retry, a callback) waits out a broker restart
         # of about 12 s (0.5, 1.5, 2.5, 3.5, 4.5 s apart) before it fails.

@@ -355,7 +355,7 @@ def _run_job(
             code = EXIT_INTERRUPTED
         if embedded and code in (EXIT_TIMEOUT, EXIT_INTERRUPTED):
             # The local workers stop with this command; the job cannot go on.
-            store.cancel(job_id)
+            Producer(s, create_app(s), store).cancel(job_id)
             console.print(
                 f"cancelled job {job_id}: the embedded workers stop with this command"
             )
@@ -543,14 +543,14 @@ def cancel(
     api: Api = None,
     token: Token = None,
 ) -> None:
-    """Cancel a job: tasks still queued are skipped, running ones finish."""
+    """Cancel a job: tasks still queued are revoked, running ones finish."""
     with _errors():
         if api:
             record = ApiClient(api, token=token).cancel(job_id)
         else:
             with embedded_broker(_settings()) as s:
                 store = _store(s)
-                if not store.cancel(job_id):
+                if not Producer(s, create_app(s), store).cancel(job_id):
                     raise BatchgridError(
                         f"job {job_id} already {store.get(job_id).state}"
                     )

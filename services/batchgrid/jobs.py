@@ -11,6 +11,7 @@ Keys (``{id}`` is the job id), all expiring after ``job_ttl_s``::
     batchgrid:job:{id}:failed   set   items whose outcome is an error
     batchgrid:job:{id}:result   str   final result JSON
     batchgrid:job:{id}:attempts hash  deliveries per task (finds poison inputs)
+    batchgrid:job:{id}:tasks    hash  task id -> what to send it again with
     batchgrid:jobs              zset  job ids by creation time
 """
 
@@ -223,6 +224,52 @@ class JobStore:
         )
         return bool(claimed)
 
+    def set_tasks(self, job_id: str, tasks: Mapping[str, Mapping[str, Any]]) -> None:
+        """Remember the job's tasks by id: a cancel revokes them, and the
+        reconciler sends again those that Redis lost (see batchgrid.reconcile)."""
+        key = _PREFIX + job_id + ":tasks"
+        with self._redis.pipeline() as pipe:
+            pipe.delete(key)
+            if tasks:
+                pipe.hset(key, mapping={i: json.dumps(t) for i, t in tasks.items()})
+            pipe.expire(key, self._ttl_s)
+            pipe.execute()
+
+    def tasks(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """The job's tasks as :meth:`set_tasks` recorded them, by task id."""
+        raw = self._redis.hgetall(_PREFIX + job_id + ":tasks")
+        return {str(task_id): json.loads(value) for task_id, value in raw.items()}
+
+    def mark_published(self, job_id: str) -> None:
+        """Note that every task of the job has been sent (the reconciler waits
+        for it: a job still being published has tasks not sent yet)."""
+        self._redis.eval(_MARK_PUBLISHED, 1, _PREFIX + job_id, time.time())
+
+    def stalled(self, *, idle_s: float, limit: int) -> list[str]:
+        """Unfinished, fully published jobs among the ``limit`` most recent
+        without a recorded outcome for ``idle_s``."""
+        ids = [str(job_id) for job_id in self._redis.zrevrange(_INDEX, 0, limit - 1)]
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(_PREFIX + job_id, ["state", "published_at", "updated_at"])
+            rows = pipe.execute()
+        now = time.time()
+        stalled = []
+        for job_id, (state, published, updated) in zip(ids, rows, strict=True):
+            if state not in ("queued", "running") or not published:
+                continue
+            if now - max(float(published), float(updated or 0)) >= idle_s:
+                stalled.append(job_id)
+        return stalled
+
+    def claim_for(self, token: str, ttl_s: float) -> bool:
+        """True at most once per ``ttl_s`` for ``token``."""
+        return bool(
+            self._redis.set(
+                f"batchgrid:claim:{token}", 1, nx=True, px=int(ttl_s * 1000)
+            )
+        )
+
     def cancel(self, job_id: str) -> bool:
         """Mark the job cancelled; tasks still queued then skip their work."""
         self.get(job_id)
@@ -292,14 +339,26 @@ class JobStore:
 #: queued -> running with its start time, atomically, only if still queued (never
 #: recreating an expired job's record).
 _MARK_RUNNING = """
-if redis.call('HGET', KEYS[1], 'state') == 'queued' then
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1])
+end
+if state then
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
+end
+return 1
+"""
+
+#: Every task of a job sent: stamp it (never recreating an expired record).
+_MARK_PUBLISHED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'published_at', ARGV[1])
 end
 return 1
 """
 
 #: Keys of a job beside its record hash, in the order _FINISH takes them.
-_SUFFIXES = (":result", ":items", ":failed", ":attempts")
+_SUFFIXES = (":result", ":items", ":failed", ":attempts", ":tasks")
 
 #: Set a terminal state (and the result) once, atomically: a late or duplicate
 #: callback cannot overwrite it. Every key of the job then expires together.

@@ -6,12 +6,13 @@ positions); tasks carry paths and byte ranges, never pixels or rows.
 
 import logging
 import posixpath
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from celery import Celery, chord, group
 from celery.canvas import Signature
+from celery.utils import uuid
 
 from batchgrid import imaging, metrics, tables
 from batchgrid.celery_app import TASK_NAMES
@@ -274,6 +275,13 @@ def plan_table(
     return TablePlan(url, source, size, chunk_bytes, spec, ranges)
 
 
+def _items_of(kwargs: Mapping[str, Any]) -> list[str]:
+    """The job items a task records outcomes for: its images, or its range."""
+    if "names" in kwargs:
+        return [str(name) for name in kwargs["names"]]
+    return [str(kwargs["index"])]
+
+
 class Producer:
     """Submits jobs to the broker and records them in the job store."""
 
@@ -334,6 +342,24 @@ class Producer:
         kind = "images" if isinstance(plan, ImagesPlan) else "tables"
         metrics.JOBS_SUBMITTED.labels(kind, origin.split(":")[0] or "unknown").inc()
         return job_id
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job; False if it had ended already.
+
+        Its tasks still queued are revoked: workers that hear of it drop them
+        unrun, and any other skips its work on seeing the job cancelled. Running
+        tasks finish.
+        """
+        if not self.store.cancel(job_id):
+            return False
+        task_ids = list(self.store.tasks(job_id))
+        if task_ids:
+            try:
+                self.app.control.revoke(task_ids)
+            except Exception as exc:  # the mark in the job store is enough
+                logger.warning("job %s: revoking its tasks failed: %s", job_id, exc)
+        logger.info("job %s cancelled, %d tasks revoked", job_id, len(task_ids))
+        return True
 
     def _submit_images(self, plan: ImagesPlan, origin: str) -> str:
         options = {
@@ -418,6 +444,18 @@ class Producer:
         body.link_error(
             self.app.signature(TASK_NAMES["fail_job"], args=(job_id,), queue=queue)
         )
+        # Ids fixed now and kept with the job, so that a cancel can revoke them
+        # and the reconciler can send again what Redis lost.
+        tasks: dict[str, dict[str, Any]] = {}
+        for task in header.tasks:
+            task.set(task_id=task.options.get("task_id") or uuid())
+            tasks[str(task.options["task_id"])] = {
+                "name": task.task,
+                "queue": queue,
+                "kwargs": dict(task.kwargs),
+                "items": _items_of(task.kwargs),
+            }
+        self.store.set_tasks(job_id, tasks)
         try:
             chord(header, body).apply_async()
         except (
@@ -426,3 +464,4 @@ class Producer:
             reason = f"the broker refused the job's tasks ({exc}); submit it again"
             self.store.finish(job_id, "failed", error=reason)
             raise BrokerUnavailableError(reason) from exc
+        self.store.mark_published(job_id)

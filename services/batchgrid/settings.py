@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     #: this long (Celery sleeps it all out whenever a task is running), then stops
     #: the tasks still running and hands their messages back to the queue.
     soft_shutdown_timeout_s: int = Field(default=0, ge=0)
+    #: Workers look this often for running jobs whose tasks Redis has lost (one
+    #: worker of the fleet at a time); 0 turns the sweep off.
+    reconcile_interval_s: float = Field(default=30.0, ge=0)
+    #: A job without progress for this long has its tasks looked for: those with
+    #: no outcome whose message is neither queued nor held are sent again.
+    reconcile_after_s: float = Field(default=60.0, gt=0)
     #: Task results (chord bookkeeping) expire after this long.
     result_expires_s: int = Field(default=24 * 3600, ge=60)
     #: Job records and per-item outcomes expire after this long.

@@ -19,7 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from batchgrid import imaging, tables
 from batchgrid.celery_app import TASK_NAMES
-from batchgrid.errors import BatchgridError, InputError
+from batchgrid.errors import BatchgridError, InputError, JobNotFoundError
 from batchgrid.jobs import JobStore
 from batchgrid.settings import get_settings
 from batchgrid.storage import (
@@ -36,6 +36,7 @@ __all__ = [
     "fail_job",
     "finish_images",
     "finish_table",
+    "send_finish",
     "submit_scheduled",
 ]
 
@@ -358,11 +359,48 @@ def _reason(exc: BaseException) -> str:
     return wrapped.group(2).replace("\\'", "'") if wrapped else text
 
 
+#: Errors of the infrastructure rather than of the input: a broker or job store
+#: outage. A task that ended with one did not fail its item for good.
+_OUTAGE = re.compile(r"\b(ConnectionError|TimeoutError|ConnectionRefusedError)\b")
+
+
+def send_finish(app: Any, job_id: str, kind: str) -> None:
+    """Send a job's closing callback, which ends it from its recorded outcomes once."""
+    settings = get_settings()
+    queue = settings.images_queue if kind == "images" else settings.tables_queue
+    finish = TASK_NAMES["finish_images" if kind == "images" else "finish_table"]
+    fail = app.signature(TASK_NAMES["fail_job"], args=(job_id,), queue=queue)
+    app.signature(
+        finish, args=([],), kwargs={"job_id": job_id}, queue=queue
+    ).apply_async(link_error=fail)
+
+
 @shared_task(name="batchgrid.jobs.fail")
 def fail_job(request: Any, exc: BaseException, traceback: Any, job_id: str) -> None:
-    """Chord error callback: the job fails with the reason of the task that failed."""
+    """Chord error callback: the job fails with the reason of the task that failed.
+
+    Unless the work is not at fault: when every item has its outcome the job is
+    ended from them, and a task that failed on a broker or job store outage is
+    left for the reconciler to send again (batchgrid.reconcile).
+    """
+    store = job_store()
+    try:
+        record = store.get(job_id)
+    except JobNotFoundError:
+        return  # expired: nothing left to fail
+    if record.finished:
+        return
     reason = _reason(exc)
-    if job_store().finish(job_id, "failed", error=reason):
+    if record.done >= record.total:
+        logger.warning("job %s: every item done despite %s; ending it", job_id, reason)
+        send_finish(current_app, job_id, record.kind)
+        return
+    if _OUTAGE.search(reason):
+        logger.warning(
+            "job %s: a task failed on an outage (%s); retried", job_id, reason
+        )
+        return
+    if store.finish(job_id, "failed", error=reason):
         logger.error("job failed: %s", reason)
 
 

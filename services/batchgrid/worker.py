@@ -14,6 +14,7 @@ from batchgrid import tasks as _tasks  # registers the tasks
 from batchgrid.celery_app import create_app
 from batchgrid.limits import limit_task_memory
 from batchgrid.logs import configure_logging
+from batchgrid.reconcile import Reconciler
 from batchgrid.settings import get_settings
 
 __all__ = ["app", "run_worker"]
@@ -81,6 +82,23 @@ def _remove_heartbeat(**_: Any) -> None:
     path = get_settings().heartbeat_file
     if path is not None:
         path.unlink(missing_ok=True)
+
+
+_reconciler: list[Reconciler] = []
+
+
+@signals.worker_ready.connect
+def _start_reconciler(sender: Any = None, **_: Any) -> None:
+    # The main process looks for tasks the broker lost (see batchgrid.reconcile).
+    reconciler = Reconciler(get_settings(), app)
+    reconciler.start()
+    _reconciler.append(reconciler)
+
+
+@signals.worker_shutdown.connect
+def _stop_reconciler(**_: Any) -> None:
+    while _reconciler:
+        _reconciler.pop().stop()
 
 
 def _build_app() -> Celery:

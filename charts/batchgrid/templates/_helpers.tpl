@@ -300,3 +300,8 @@ envFrom:
 {{- define "batchgrid.configChecksum" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end }}
+
+{{/* The Secret holding Flower's basic-auth password. */}}
+{{- define "batchgrid.flower.secretName" -}}
+{{- default (printf "%s-flower" (include "batchgrid.fullname" .)) .Values.flower.basicAuth.existingSecret }}
+{{- end }}
