@@ -1,0 +1,56 @@
+"""The chord error callback fails a job only for a failure of its work."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from batchgrid import settings as settings_module
+from batchgrid import tasks
+from batchgrid.jobs import JobStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(broker_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[JobStore]:
+    """The job store the task reads, on the test session's real Valkey."""
+    monkeypatch.setenv("BATCHGRID_BROKER_URL", broker_url)
+    monkeypatch.setenv("BATCHGRID_RESULT_BACKEND_URL", broker_url)
+    settings_module.get_settings.cache_clear()
+    tasks.job_store.cache_clear()
+    yield tasks.job_store()
+    tasks.job_store.cache_clear()
+    settings_module.get_settings.cache_clear()
+
+
+def _job(store: JobStore) -> str:
+    job_id = store.create("tables", total=2, options={})
+    store.record(job_id, {"0": {"rows": 1}})
+    return job_id
+
+
+def test_fail_job_when_a_task_failed_on_its_input_fails_the_job_with_the_reason(
+    store: JobStore,
+) -> None:
+    job_id = _job(store)
+    error = Exception("Dependency abc raised InputError('t.csv bytes 0-9: bad row')")
+
+    tasks.fail_job.run(None, error, None, job_id)
+
+    record = store.get(job_id)
+    assert record.state == "failed" and record.error == "t.csv bytes 0-9: bad row"
+
+
+def test_fail_job_when_a_task_failed_on_an_outage_leaves_the_job_running(
+    store: JobStore,
+) -> None:
+    job_id = _job(store)
+    error = Exception("Dependency abc raised network:ConnectionError")
+
+    tasks.fail_job.run(None, error, None, job_id)
+
+    assert store.get(job_id).state == "running"
+
+
+def test_fail_job_of_an_expired_job_does_nothing(store: JobStore) -> None:
+    tasks.fail_job.run(None, Exception("x"), None, "0" * 32)
