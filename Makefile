@@ -76,7 +76,7 @@ $(VENV)/.bench-installed: $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
-bench: $(VENV)/.bench-installed ## Measure speed and memory against other engines (~11 min on 2 cores; BENCH_ARGS=--quick)
+bench: $(VENV)/.bench-installed ## Measure speed and memory against other engines (6-11 min on 2 cores; BENCH_ARGS=--quick)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 openapi: $(STAMP) ## Regenerate openapi.json from the HTTP API
