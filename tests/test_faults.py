@@ -341,9 +341,28 @@ def test_sigterm_mid_job_finishes_or_requeues_running_tasks_and_loses_nothing(
     )
 
 
+@pytest.fixture
+def fresh_cluster(fault_broker: Broker, tmp_path: Path) -> Iterator[FaultCluster]:
+    """A worker of its own on queues of its own: fresh pool processes, all of
+    one size, which the tests below tell apart by the memory they hold."""
+    queues = {
+        "images_queue": f"{fault_broker.images_queue}-fresh",
+        "tables_queue": f"{fault_broker.tables_queue}-fresh",
+    }
+    running = fault_cluster(fault_broker, tmp_path, **queues)
+    running.add_workers("fresh")
+    try:
+        yield running
+    finally:
+        running.stop()
+        for name in queues.values():
+            fault_broker.cleanup_queue(name)
+
+
 def test_image_that_kills_its_process_every_time_fails_alone_after_the_limit(
-    cluster: FaultCluster,
+    fresh_cluster: FaultCluster,
 ) -> None:
+    cluster = fresh_cluster
     src = cluster.root / "poison"
     src.mkdir()
     noise = Image.effect_noise((4000, 3000), 80)
