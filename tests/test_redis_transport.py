@@ -66,3 +66,32 @@ def test_kombus_own_transport_raises_in_the_same_state(broker_url: str) -> None:
         pytest.raises(AttributeError),
     ):
         channel.qos.restore_unacked()
+
+
+@pytest.mark.parametrize("settle", ["ack", "reject"])
+def test_settling_after_the_connection_was_collected_leaves_the_message_in_unacked(
+    broker_url: str, settle: str
+) -> None:
+    client = redis.Redis.from_url(broker_url)
+    with _collected_channel(broker_url, Transport) as channel:
+        held = client.hlen("unacked")
+        [tag] = list(channel.qos._delivered)
+
+        # A task that ended, or whose process died, after the reconnect.
+        if settle == "ack":
+            channel.qos.ack(tag)
+        else:
+            channel.qos.reject(tag, requeue=True)
+
+        channel.qos._flush()
+
+        assert held >= 1 and client.hlen("unacked") == held  # for the timeout
+        assert tag not in channel.qos._delivered  # forgotten by this worker
+
+
+def test_kombus_own_ack_raises_in_the_same_state(broker_url: str) -> None:
+    with _collected_channel(broker_url, kombu_redis.Transport) as channel:
+        [tag] = list(channel.qos._delivered)
+
+        with pytest.raises(AttributeError):
+            channel.qos.ack(tag)

@@ -2,13 +2,14 @@
 
 When Redis goes away, Celery's consumer first collects its connection (which
 drops the transport's reference to it), then closes it. Closing the default
-channel tries to hand its unacknowledged messages back, and that needs the
-reference just dropped: kombu 5.7 raises ``AttributeError`` there, which is not
-a connection error, so the worker stops with "Unrecoverable error" instead of
-reconnecting. Here that hand-back gives up quietly: the messages stay in Redis's
-``unacked`` hash, and the visibility timeout hands them back as for any worker
-that died. ``batchgrid.celery_app`` makes it the transport of ``redis://`` and
-``rediss://`` broker URLs.
+channel tries to hand its unacknowledged messages back, and a task still running
+then acks on that channel once it ends; both need the reference just dropped.
+kombu 5.7 raises ``AttributeError`` there, which is not a connection error, so
+the worker stops with "Unrecoverable error" instead of reconnecting. Here both
+give up quietly: the messages stay in Redis's ``unacked`` hash, and the
+visibility timeout hands them back as for any worker that died.
+``batchgrid.celery_app`` makes it the transport of ``redis://`` and ``rediss://``
+broker URLs.
 
 TODO(kombu bug): seen with kombu 5.7.0 and celery 5.7.0; drop this module once a
 kombu release restores unacked messages after a collected connection without
@@ -19,6 +20,7 @@ import logging
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 __all__ = ["Transport"]
 
@@ -28,11 +30,42 @@ logger = logging.getLogger(__name__)
 class QoS(kombu_redis.QoS):
     """Leaves unacknowledged messages in Redis when they cannot be handed back."""
 
+    def _collected(self) -> bool:
+        """Whether this channel's connection was dropped (a broker outage)."""
+        return getattr(self.channel.connection, "client", None) is None
+
+    def ack(self, delivery_tag: Any) -> None:
+        # A task that ends after the reconnect acks on its old, closed channel.
+        try:
+            super().ack(delivery_tag)
+        except AttributeError:
+            if not self._collected():
+                raise  # not the collected connection: a bug to see
+            logger.warning(
+                "broker connection gone: a finished task's message stays in Redis "
+                "until the visibility timeout delivers it again (harmless: "
+                "outcomes are stored once per item)"
+            )
+            virtual.QoS.ack(self, delivery_tag)  # forget it here
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        # A task whose process died after the reconnect is rejected on it too.
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except AttributeError:
+            if not self._collected():
+                raise  # not the collected connection: a bug to see
+            logger.warning(
+                "broker connection gone: a rejected task's message stays in Redis "
+                "until the visibility timeout delivers it again"
+            )
+            virtual.QoS.ack(self, delivery_tag)  # forget it here
+
     def restore_unacked(self, client: Any = None) -> None:
         try:
             super().restore_unacked(client)
         except AttributeError:
-            if getattr(self.channel.connection, "client", None) is not None:
+            if not self._collected():
                 raise  # not the collected connection: a bug to see
             held = self._delivered
             logger.warning(
