@@ -34,32 +34,34 @@ class QoS(kombu_redis.QoS):
         """Whether this channel's connection was dropped (a broker outage)."""
         return getattr(self.channel.connection, "client", None) is None
 
-    def ack(self, delivery_tag: Any) -> None:
-        # A task that ends after the reconnect acks on its old, closed channel.
+    def _settle(self, settle: Any, delivery_tag: Any, what: str) -> None:
+        """Ack or reject; on a dropped connection, leave the message to Redis."""
         try:
-            super().ack(delivery_tag)
+            settle()
         except AttributeError:
             if not self._collected():
                 raise  # not the collected connection: a bug to see
             logger.warning(
-                "broker connection gone: a finished task's message stays in Redis "
-                "until the visibility timeout delivers it again (harmless: "
-                "outcomes are stored once per item)"
+                "broker connection gone: a %s task's message stays in Redis until "
+                "the visibility timeout delivers it again (harmless: outcomes are "
+                "stored once per item)",
+                what,
             )
             virtual.QoS.ack(self, delivery_tag)  # forget it here
 
+    def ack(self, delivery_tag: Any) -> None:
+        # A task that ends after the reconnect acks on its old, closed channel.
+        self._settle(
+            lambda: super(QoS, self).ack(delivery_tag), delivery_tag, "finished"
+        )
+
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         # A task whose process died after the reconnect is rejected on it too.
-        try:
-            super().reject(delivery_tag, requeue=requeue)
-        except AttributeError:
-            if not self._collected():
-                raise  # not the collected connection: a bug to see
-            logger.warning(
-                "broker connection gone: a rejected task's message stays in Redis "
-                "until the visibility timeout delivers it again"
-            )
-            virtual.QoS.ack(self, delivery_tag)  # forget it here
+        self._settle(
+            lambda: super(QoS, self).reject(delivery_tag, requeue=requeue),
+            delivery_tag,
+            "rejected",
+        )
 
     def restore_unacked(self, client: Any = None) -> None:
         try:
