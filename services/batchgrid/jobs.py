@@ -219,10 +219,7 @@ class JobStore:
 
     def claim(self, token: str) -> bool:
         """True the first time ``token`` is claimed (within the job TTL), else False."""
-        claimed = self._redis.set(
-            f"batchgrid:claim:{token}", 1, nx=True, ex=self._ttl_s
-        )
-        return bool(claimed)
+        return self.claim_for(token, self._ttl_s)
 
     def set_tasks(self, job_id: str, tasks: Mapping[str, Mapping[str, Any]]) -> None:
         """Remember the job's tasks by id: a cancel revokes them, and the

@@ -121,7 +121,7 @@ def _remove_orphans(dst_base: str, names: list[str], roots: list[str]) -> None:
         logger.warning("removed %d temporary files left by a dead process", removed)
 
 
-def _send_finish(task: Task[Any, Any], job_id: str, finish: str) -> None:
+def _send_finish(task: Task[Any, Any], job_id: str, kind: str) -> None:
     """Every item has its outcome: send the job's callback from here as well.
 
     The chord sends it when it has counted every task's result, but a process
@@ -129,10 +129,7 @@ def _send_finish(task: Task[Any, Any], job_id: str, finish: str) -> None:
     short for good. The callback finishes the job once, whoever sends it.
     """
     queue = (task.request.delivery_info or {}).get("routing_key") or None
-    fail = task.app.signature(TASK_NAMES["fail_job"], args=(job_id,), queue=queue)
-    task.app.signature(
-        TASK_NAMES[finish], args=([],), kwargs={"job_id": job_id}, queue=queue
-    ).apply_async(link_error=fail)
+    send_finish(task.app, job_id, kind, queue=queue)
 
 
 def _error(reason: str, message: str) -> dict[str, Any]:
@@ -219,7 +216,7 @@ def convert_images(
     for outcome in outcomes.values():
         outcome["worker"] = self.request.hostname or ""
     if store.record(job_id, outcomes):
-        _send_finish(self, job_id, "finish_images")
+        _send_finish(self, job_id, "images")
     failed = sum("error" in outcome for outcome in outcomes.values())
     logger.info(
         "converted %d/%d images in %.3f s",
@@ -318,7 +315,7 @@ def aggregate_range(
         raise InputError(f"{url} bytes {start}-{end}: {exc}") from exc
     partial["worker"] = self.request.hostname or ""
     if store.record(job_id, {str(index): partial}):
-        _send_finish(self, job_id, "finish_table")
+        _send_finish(self, job_id, "tables")
     logger.info(
         "range %d (%d bytes, %d rows) in %.3f s",
         index,
@@ -364,10 +361,12 @@ def _reason(exc: BaseException) -> str:
 _OUTAGE = re.compile(r"\b(ConnectionError|TimeoutError|ConnectionRefusedError)\b")
 
 
-def send_finish(app: Any, job_id: str, kind: str) -> None:
-    """Send a job's closing callback, which ends it from its recorded outcomes once."""
-    settings = get_settings()
-    queue = settings.images_queue if kind == "images" else settings.tables_queue
+def send_finish(app: Any, job_id: str, kind: str, *, queue: str | None = None) -> None:
+    """Send a job's closing callback, which ends it from its recorded outcomes once;
+    on ``queue``, else the queue of the job's kind."""
+    if queue is None:
+        settings = get_settings()
+        queue = settings.images_queue if kind == "images" else settings.tables_queue
     finish = TASK_NAMES["finish_images" if kind == "images" else "finish_table"]
     fail = app.signature(TASK_NAMES["fail_job"], args=(job_id,), queue=queue)
     app.signature(
