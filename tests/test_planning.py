@@ -81,3 +81,33 @@ def test_batch_images_splits_by_bytes_and_count() -> None:
 
     assert [len(batch.names) for batch in batches] == [2, 2, 2, 2, 2]
     assert [n for batch in batches for n in batch.names] == [n for n, _ in items]
+
+
+def test_plan_images_when_glob_is_relative_lists_from_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "b.png").write_bytes(b"yy")
+    (tmp_path / "c.jpg").write_bytes(b"zzz")
+    monkeypatch.chdir(tmp_path)
+
+    plan = plan_images(_settings(tmp_path), ["*.jpg"], "gray")
+
+    assert [name for batch in plan.batches for name in batch.names] == [
+        "a.jpg",
+        "c.jpg",
+    ]
+    assert plan.src_base == str(tmp_path)
+
+
+def test_list_images_when_glob_has_a_folder_matches_only_its_files(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "x1.jpg").write_bytes(b"x")
+    (tmp_path / "in" / "y1.jpg").write_bytes(b"x")
+    (tmp_path / "in" / "sub" / "x2.jpg").write_bytes(b"x")
+
+    _base, items = list_images([str(tmp_path / "in" / "x*.jpg")], [str(tmp_path)])
+
+    assert items == [("x1.jpg", 1)]

@@ -57,6 +57,12 @@ def _is_glob(url: str) -> bool:
     return any(char in url for char in "*?[")
 
 
+def _glob_folder(pattern: str) -> str:
+    """The folder a glob lists: its fixed part up to the last slash (``.`` if none)."""
+    fixed = pattern[: min(pattern.index(c) for c in "*?[" if c in pattern)]
+    return posixpath.dirname(fixed) or "."
+
+
 def list_images(
     sources: Sequence[str], roots: Sequence[str], *, exclude: str | None = None
 ) -> tuple[str, list[tuple[str, int]]]:
@@ -95,8 +101,7 @@ def _expand(source: str, roots: Sequence[str]) -> Iterator[tuple[str, int]]:
         if ".." in source.replace("\\", "/").split("/"):
             raise PathOutsideRootsError(f"{source!r}: '..' is not allowed in a glob")
         # Confine the fixed part first, so nothing outside the roots is listed.
-        fixed = source[: min(source.index(c) for c in "*?[" if c in source)]
-        confine(posixpath.dirname(fixed) or ".", roots)
+        confine(_glob_folder(source), roots)
         fs, pattern = filesystem(source)
         matches = fs.glob(pattern, detail=True)
         candidates = {p: info for p, info in matches.items() if info["type"] == "file"}
@@ -205,11 +210,7 @@ def plan_images(
     if fs.exists(dst_path) and not fs.isdir(dst_path):
         raise InputError(f"{destination}: is a file; the destination must be a folder")
     for source in sources:
-        folder = (
-            source[: min(source.index(c) for c in "*?[" if c in source)]
-            if _is_glob(source)
-            else source
-        )
+        folder = _glob_folder(source) if _is_glob(source) else source
         if _is_under(confine(folder.rstrip("/") or "/", roots), dst_base):
             raise InputError(
                 f"{destination}: the output folder holds the input {source}; choose "
