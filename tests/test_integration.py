@@ -75,6 +75,26 @@ def test_images_job_when_some_files_are_bad_reports_each_by_name(
     assert leftovers == []
 
 
+def test_images_job_when_an_output_cannot_be_written_names_it_unwritable(
+    cluster: Cluster, workspace: Path
+) -> None:
+    src = workspace / "in"
+    src.mkdir()
+    _jpeg(src / "a.jpg")
+    _jpeg(src / "b.jpg")
+    (workspace / "out" / "b.jpg").mkdir(parents=True)  # in the way of b's output
+
+    record = cluster.wait(
+        cluster.producer.submit_images([str(src)], str(workspace / "out"))
+    )
+
+    items = cluster.store.items(record.id)
+    assert (record.state, record.done, record.failed) == ("succeeded", 2, 1)
+    assert "error" not in items["a.jpg"]
+    assert items["b.jpg"]["error"] == "unwritable"
+    assert str(workspace / "out" / "b.jpg") in items["b.jpg"]["message"]
+
+
 def test_images_job_when_run_twice_gives_identical_outputs(
     cluster: Cluster, workspace: Path
 ) -> None:

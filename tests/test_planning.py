@@ -1,5 +1,9 @@
 """Planning an images job: listing, bases, exclusions and batches."""
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import fsspec
@@ -111,3 +115,48 @@ def test_list_images_when_glob_has_a_folder_matches_only_its_files(
     _base, items = list_images([str(tmp_path / "in" / "x*.jpg")], [str(tmp_path)])
 
     assert items == [("x1.jpg", 1)]
+
+
+_PLAN_AS_ANOTHER_USER = """
+import os, sys
+from batchgrid.errors import InputError
+from batchgrid.schemas import TablesRequest, plan_request
+from batchgrid.settings import Settings
+from batchgrid.storage import filesystem
+root = sys.argv[1]
+settings = Settings(_env_file=None, storage_roots=[root], broker_url="redis://x")
+filesystem(root)  # imported while the interpreter's own files can still be read
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)  # root reads anything: plan as nobody, like a container user
+try:
+    plan_request(settings, TablesRequest(csv=root + "/locked.csv", by=["a"], values=["b"]))
+except InputError as exc:
+    print("InputError:", exc)
+"""
+
+
+def test_plan_request_when_storage_refuses_the_read_names_the_file() -> None:
+    root = Path(tempfile.mkdtemp(prefix="batchgrid-perm-"))
+    root.chmod(0o755)
+    locked = root / "locked.csv"
+    locked.write_text("a,b\nx,1\n")
+    locked.chmod(0o000)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", _PLAN_AS_ANOTHER_USER, str(root)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=root,
+            timeout=60,
+        )
+    finally:
+        locked.unlink()
+        root.rmdir()
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"InputError: {locked}: storage refused the read")
+    assert "Permission denied" in run.stdout

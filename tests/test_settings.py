@@ -68,3 +68,11 @@ def test_settings_when_roots_are_relative_make_them_absolute(tmp_path: Path) -> 
 def test_settings_when_result_backend_is_not_redis_are_refused() -> None:
     with pytest.raises(ConfigError, match="BATCHGRID_RESULT_BACKEND_URL"):
         Settings(_env_file=None, result_backend_url="db+postgresql://x/y")
+
+
+@pytest.mark.parametrize("url", ["valkey://localhost:6379/0", "redis+socket:///tmp/s"])
+def test_settings_when_broker_scheme_is_one_a_client_cannot_read_are_refused(
+    url: str,
+) -> None:
+    with pytest.raises(ConfigError, match="unsupported scheme"):
+        Settings(_env_file=None, broker_url=url)

@@ -181,6 +181,11 @@ def create_api(settings: Settings) -> FastAPI:
     async def _unavailable(request: Request, exc: BatchgridError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
+    @api.exception_handler(BatchgridError)
+    async def _refused(request: Request, exc: BatchgridError) -> JSONResponse:
+        # Any other deliberate error says its cause and fix: a 400, never a 500.
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
     @api.exception_handler(RedisError)
     async def _store_away(request: Request, exc: RedisError) -> JSONResponse:
         # The job store went away mid-request (a restart): 503, so clients retry.
@@ -213,7 +218,7 @@ def create_api(settings: Settings) -> FastAPI:
         except ColumnNotFoundError as exc:
             by = isinstance(job, TablesRequest) and set(exc.missing) & set(job.by)
             raise _field_error("by" if by else "values", exc, 422) from exc
-        except InputError as exc:
+        except BatchgridError as exc:  # bad input, or a scheme not installed here
             raise _field_error(field, exc) from exc
         producer: Producer = request.app.state.producer
         job_id = producer.submit(plan, origin="api")

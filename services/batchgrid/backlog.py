@@ -50,20 +50,13 @@ def queue_keys(queue: str) -> list[str]:
     return [queue, *(f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step)]
 
 
-def _redis_url(url: str) -> str:
-    for scheme, replacement in (("valkey", "redis"), ("redis+socket", "unix")):
-        if url.startswith(f"{scheme}://") or url.startswith(f"{scheme}s://"):
-            return replacement + url[len(scheme) :]
-    return url
-
-
 def broker_client(settings: Settings) -> redis.Redis | None:
     """A client of the broker when it is Redis-protocol, else None (RabbitMQ)."""
     broker = settings.broker_url or ""
-    if not broker.startswith(("redis", "valkey")):
+    if not broker.startswith("redis"):
         return None
     return redis.Redis.from_url(
-        _redis_url(broker),
+        broker,
         socket_timeout=BROKER_TIMEOUT_S,
         socket_connect_timeout=BROKER_TIMEOUT_S,
     )

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batchgrid import tables
 from batchgrid.backlog import Backlog
+from batchgrid.errors import InputError
 from batchgrid.jobs import JobRecord
 from batchgrid.producer import ImagesPlan, TablePlan, plan_images, plan_table
 from batchgrid.settings import Settings
@@ -123,15 +124,32 @@ class QueueBacklog(BaseModel):
 def plan_request(
     settings: Settings, request: ImagesRequest | TablesRequest
 ) -> ImagesPlan | TablePlan:
-    """Plan the job a request asks for (reads storage, not the broker)."""
-    if isinstance(request, ImagesRequest):
-        return plan_images(settings, request.sources, request.destination)
-    dialect = tables.CsvDialect(delimiter=request.delimiter, encoding=request.encoding)
-    return plan_table(
-        settings,
-        request.csv,
-        by=request.by,
-        values=request.values,
-        dialect=dialect,
-        chunk_bytes=request.chunk_bytes,
-    )
+    """Plan the job a request asks for (reads storage, not the broker).
+
+    Storage that refuses a read (permissions, a missing bucket, a network error)
+    is the input's problem here: an InputError that names what failed.
+    """
+    try:
+        if isinstance(request, ImagesRequest):
+            return plan_images(settings, request.sources, request.destination)
+        dialect = tables.CsvDialect(
+            delimiter=request.delimiter, encoding=request.encoding
+        )
+        return plan_table(
+            settings,
+            request.csv,
+            by=request.by,
+            values=request.values,
+            dialect=dialect,
+            chunk_bytes=request.chunk_bytes,
+        )
+    except OSError as exc:
+        what = (
+            request.csv
+            if isinstance(request, TablesRequest)
+            else ", ".join(request.sources)
+        )
+        raise InputError(
+            f"{what}: storage refused the read ({exc}); check that it exists and "
+            "that batchgrid's user may read it"
+        ) from exc

@@ -25,8 +25,9 @@ from batchgrid.errors import ConfigError
 __all__ = ["ScheduleEntry", "Settings", "get_settings"]
 
 _MiB = 1024 * 1024
-#: URL schemes of Redis-protocol servers (job records need one).
-_REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "valkey://", "valkeys://")
+#: URL schemes of Redis-protocol servers (job records need one); Valkey answers
+#: to them too. The ones both kombu and redis-py read, and no others.
+_REDIS_SCHEMES = ("redis://", "rediss://")
 #: URL schemes of AMQP brokers (RabbitMQ).
 _AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 

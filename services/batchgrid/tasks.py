@@ -96,7 +96,16 @@ def _convert_one(
     fs, path = filesystem(src_url)
     with fs.open(path, "rb") as handle:
         converted = imaging.convert_to_grayscale(handle, name=name, options=options)
-    write_atomic(dst_url, converted.data)
+    try:
+        write_atomic(dst_url, converted.data)
+    except RETRYABLE:
+        raise
+    except OSError as exc:  # the output's fault, not the input's
+        raise imaging.ImageError(
+            "unwritable",
+            f"{name}: the output {dst_url} could not be written ({exc}); check the "
+            "destination's free space and permissions",
+        ) from exc
     outcome: dict[str, Any] = {
         "output": imaging.output_name(name),
         "width": converted.width,
