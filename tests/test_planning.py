@@ -130,7 +130,8 @@ if os.geteuid() == 0:
     os.setgid(65534)
     os.setuid(65534)  # root reads anything: plan as nobody, like a container user
 try:
-    plan_request(settings, TablesRequest(csv=root + "/locked.csv", by=["a"], values=["b"]))
+    request = TablesRequest(csv=root + "/locked.csv", by=["a"], values=["b"])
+    plan_request(settings, request)
 except InputError as exc:
     print("InputError:", exc)
 """
