@@ -20,7 +20,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from batchgrid import imaging, tables
 from batchgrid.celery_app import TASK_NAMES
 from batchgrid.errors import BatchgridError, InputError, JobNotFoundError
-from batchgrid.jobs import JobStore
+from batchgrid.jobs import JobRecord, JobStore
 from batchgrid.settings import get_settings
 from batchgrid.storage import (
     confine,
@@ -368,6 +368,46 @@ def _reason(exc: BaseException) -> str:
 #: Errors of the infrastructure rather than of the input: a broker or job store
 #: outage. A task that ended with one did not fail its item for good.
 _OUTAGE = re.compile(r"\b(ConnectionError|TimeoutError|ConnectionRefusedError)\b")
+#: The id of the task that failed, in the text of Celery's chord error.
+_CULPRIT = re.compile(r"Dependency (\S+) raised ")
+
+
+def _after_hard_limit(store: JobStore, record: JobRecord, text: str) -> str | None:
+    """A task killed at the hard time limit, in words a user can act on.
+
+    An images task fails only its files still without an outcome (``time_limit``),
+    and None is returned: the job goes on. A range of a table fails the job,
+    whose answer would lack its rows: the reason names the range.
+    """
+    culprit = _CULPRIT.match(text)
+    task = store.tasks(record.id).get(culprit.group(1)) if culprit else None
+    if task is None or "TimeLimitExceeded" not in text:
+        return text
+    limit_s = get_settings().hard_time_limit_s
+    if record.kind == "tables":
+        kwargs = task["kwargs"]
+        return (
+            f"{kwargs['url']} bytes {kwargs['start']}-{kwargs['end']}: the range "
+            f"took longer than the hard time limit ({limit_s} s); use a smaller "
+            "--chunk-bytes or raise BATCHGRID_HARD_TIME_LIMIT_S"
+        )
+    items = [str(name) for name in task["items"]]
+    done = store.recorded(record.id, items)
+    message = (
+        f"its task passed the hard time limit ({limit_s} s) and was stopped before "
+        "this file was done; check the file, or raise BATCHGRID_HARD_TIME_LIMIT_S"
+    )
+    outcomes = {
+        name: {**_error("time_limit", f"{name}: {message}"), "worker": ""}
+        for name in items
+        if name not in done
+    }
+    logger.error(
+        "job %s: %d files stopped by the hard time limit", record.id, len(outcomes)
+    )
+    if store.record(record.id, outcomes):
+        send_finish(current_app, record.id, record.kind)
+    return None
 
 
 def send_finish(app: Any, job_id: str, kind: str, *, queue: str | None = None) -> None:
@@ -398,7 +438,9 @@ def fail_job(request: Any, exc: BaseException, traceback: Any, job_id: str) -> N
         return  # expired: nothing left to fail
     if record.finished:
         return
-    reason = _reason(exc)
+    reason = _after_hard_limit(store, record, _reason(exc))
+    if reason is None:
+        return
     if record.done >= record.total:
         logger.warning("job %s: every item done despite %s; ending it", job_id, reason)
         send_finish(current_app, job_id, record.kind)
