@@ -102,3 +102,20 @@ def test_fail_job_when_a_range_hit_the_hard_limit_names_the_range(
     assert record.state == "failed"
     assert record.error is not None
     assert record.error.startswith("/data/t.csv bytes 10-20: the range took longer")
+
+
+def test_fail_job_when_it_fails_the_job_observes_its_duration_once(
+    store: JobStore,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"kind": "tables", "state": "failed"}
+    name = "batchgrid_job_duration_seconds_count"
+    before = REGISTRY.get_sample_value(name, labels) or 0.0
+    job_id = _job(store)
+    error = Exception("Dependency abc raised InputError('t.csv bytes 0-9: bad row')")
+
+    tasks.fail_job.run(None, error, None, job_id)
+    tasks.fail_job.run(None, error, None, job_id)  # a second error callback
+
+    assert REGISTRY.get_sample_value(name, labels) == before + 1

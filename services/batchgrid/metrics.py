@@ -62,6 +62,7 @@ __all__ = [
     "install_publish_hook",
     "install_worker_hooks",
     "node_name",
+    "observe_job_end",
     "prepare_multiprocess_dir",
     "producer_registry",
     "serve_worker_metrics",
@@ -267,11 +268,14 @@ _JOB_ENDING = frozenset({TASK_NAMES["finish_images"], TASK_NAMES["finish_table"]
 
 
 def _observe_job_end(job_id: str) -> None:
-    """Observe a finished job's duration once, whichever process sees it first."""
-    if _clock.store is None:
-        return
+    if _clock.store is not None:
+        observe_job_end(_clock.store(), job_id)
+
+
+def observe_job_end(store: JobStore, job_id: str) -> None:
+    """Observe a finished job's duration once, whichever process sees it first
+    (the worker that ends it, or the producer that cancels it)."""
     try:
-        store = _clock.store()
         record = store.get(job_id)
         if not record.finished or record.finished_at is None:
             return

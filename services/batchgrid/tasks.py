@@ -17,7 +17,7 @@ import redis
 from celery import Task, current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from batchgrid import imaging, tables
+from batchgrid import imaging, metrics, tables
 from batchgrid.celery_app import TASK_NAMES
 from batchgrid.errors import BatchgridError, InputError, JobNotFoundError
 from batchgrid.jobs import JobRecord, JobStore
@@ -452,6 +452,7 @@ def fail_job(request: Any, exc: BaseException, traceback: Any, job_id: str) -> N
         return
     if store.finish(job_id, "failed", error=reason):
         logger.error("job failed: %s", reason)
+        metrics.observe_job_end(store, job_id)
 
 
 @shared_task(name="batchgrid.jobs.submit_scheduled")
