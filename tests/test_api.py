@@ -258,7 +258,7 @@ def test_health_ready_and_metrics_answer(api_url: str) -> None:
     assert httpx.get(f"{api_url}/readyz").json() == {"status": "ready"}
     metrics = httpx.get(f"{api_url}/metrics")
     assert metrics.status_code == 200
-    assert "batchgrid_api_jobs_submitted" in metrics.text
+    assert "batchgrid_jobs_submitted_total" in metrics.text
 
 
 def test_queues_report_waiting_plus_in_flight_and_unknown_queue_is_404(

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, s
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -49,9 +49,6 @@ __all__ = ["create_api"]
 
 logger = logging.getLogger(__name__)
 
-JOBS_SUBMITTED = Counter(
-    "batchgrid_api_jobs_submitted", "Jobs accepted by the HTTP API", ["kind"]
-)
 #: Most jobs one page of ``GET /jobs`` lists.
 MAX_PAGE = 200
 #: Most image outcomes one page of ``GET /jobs/{id}/result`` returns.
@@ -222,7 +219,6 @@ def create_api(settings: Settings) -> FastAPI:
             raise _field_error(field, exc) from exc
         producer: Producer = request.app.state.producer
         job_id = producer.submit(plan, origin="api")
-        JOBS_SUBMITTED.labels(kind="images" if field == "sources" else "tables").inc()
         view = JobView.of(producer.store.get(job_id))
         return JSONResponse(
             view.model_dump(mode="json"),
