@@ -1,33 +1,45 @@
 """The ``batchgrid`` command as a user runs it: embedded Valkey, local workers."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import redis
 from PIL import Image
 
+from batchgrid.local import EmbeddedValkey
 from tests.conftest import assert_matches_reference, pandas_reference
+from tests.faultkit import free_port
 
 pytestmark = pytest.mark.integration
 
 
-def run_cli(
-    tmp_path: Path, *args: str, timeout_s: float = 180
-) -> subprocess.CompletedProcess[str]:
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a user with no broker configured, working in tmp_path."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("BATCHGRID_")
     }
-    env |= {
+    return env | {
         "BATCHGRID_DATA_DIR": str(tmp_path / "state"),
         "BATCHGRID_STORAGE_ROOTS": str(tmp_path),
         "BATCHGRID_CONCURRENCY": "2",
         "COLUMNS": "200",
     }
+
+
+def run_cli(
+    tmp_path: Path, *args: str, timeout_s: float = 180
+) -> subprocess.CompletedProcess[str]:
+    env = cli_env(tmp_path)
     return subprocess.run(
         [sys.executable, "-m", "batchgrid", *args],
         cwd=tmp_path,
@@ -103,3 +115,218 @@ def test_worker_command_without_broker_url_explains_what_to_set(tmp_path: Path) 
 
     assert done.returncode == 2
     assert "BATCHGRID_BROKER_URL" in done.stderr
+
+
+def run_cli_with(
+    tmp_path: Path, extra_env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchgrid", *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path) | extra_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("BATCHGRID_SCHEDULE", "[", "BATCHGRID_SCHEDULE is not valid JSON"),
+        ("BATCHGRID_MAX_RETRIES", "lots", "BATCHGRID_MAX_RETRIES: Input should be"),
+    ],
+)
+def test_any_command_when_a_setting_is_malformed_names_its_variable(
+    tmp_path: Path, variable: str, value: str, said: str
+) -> None:
+    done = run_cli_with(tmp_path, {variable: value}, "status", "0" * 32)
+
+    assert done.returncode == 2
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_table_command_when_given_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+
+    done = run_cli(tmp_path, "table", "data", "--by", "a", "--value", "b")
+
+    assert done.returncode == 2
+    assert "data: is a folder" in done.stderr
+
+
+def test_status_command_when_api_url_has_no_scheme_says_so(tmp_path: Path) -> None:
+    done = run_cli(tmp_path, "status", "0" * 32, "--api", "localhost:8000")
+
+    assert done.returncode == 2
+    assert "e.g. http://localhost:8000" in done.stderr
+
+
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is ``pid``, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _gone(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (zombies count as gone)."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _kill(pids: set[int]) -> None:
+    """After a failure: nothing a test started may outlive it."""
+    for pid in _gone(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """The command in a process group of its own, as a terminal starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchgrid", *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_serve_when_terminated_stops_the_server_and_workers_it_started(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    serve = _start(tmp_path, "serve", "--port", str(port))
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert serve.poll() is None, serve.communicate()[0]
+            assert time.monotonic() < deadline, "serve never became ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        started = _children(serve.pid)
+
+        serve.send_signal(signal.SIGTERM)  # to serve alone, as `kill` does
+        output, _ = serve.communicate(timeout=120)
+        left = _gone(started)  # read before the clean-up below
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+        _kill(started)
+
+    assert len(started) >= 2, started  # Valkey and a worker
+    assert left == set(), output
+    assert "Traceback" not in output
+
+
+def test_images_when_interrupted_cancel_the_job_and_empty_the_queue(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    noise = Image.effect_noise((3000, 2000), 90)
+    Image.merge("RGB", (noise, noise.rotate(180), noise)).save(
+        src / "slow-00.png", compress_level=1
+    )
+    for index in range(1, 30):  # about 0.4 s each, one per task (over 8 MiB)
+        os.link(src / "slow-00.png", src / f"slow-{index:02}.png")
+    log = tmp_path / "state" / "logs" / "worker-0.log"
+    images = _start(tmp_path, "images", "in", "out")
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while not (
+            log.exists() and "converted 1/1" in log.read_text("utf-8", "replace")
+        ):
+            assert images.poll() is None, images.communicate()[0]
+            assert time.monotonic() < deadline, "no image was converted"
+            time.sleep(0.1)
+        started = _children(images.pid)
+
+        os.killpg(images.pid, signal.SIGINT)  # Ctrl-C reaches the whole group
+        output, _ = images.communicate(timeout=120)
+        left = _gone(started)  # read before the clean-up below
+    finally:
+        if images.poll() is None:
+            os.killpg(images.pid, signal.SIGKILL)
+        _kill(started)
+
+    assert images.returncode == 130, output
+    assert "cancelled job" in output
+    for noise_line in ("Traceback", "Exception ignored", "unreachable", "still queued"):
+        assert noise_line not in output, output
+    assert left == set()
+    with EmbeddedValkey(tmp_path / "state") as server:
+        client = redis.Redis.from_url(server.url)
+        waiting = client.llen("images")
+        client.close()
+    assert waiting == 0
+
+
+def test_print_table_when_a_value_column_holds_no_number_warns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from batchgrid.cli import print_table
+
+    stats = {"count": 0, "sum": 0.0, "mean": None, "min": None, "max": None}
+    result = {
+        "by": ["carrier"],
+        "values": ["tailnum"],
+        "groups": [
+            {
+                "key": ["AA"],
+                "stats": {"tailnum": stats | {"missing": 0, "unparseable": 3}},
+            }
+        ],
+    }
+
+    print_table(result)
+
+    assert (
+        "no value of 'tailnum' is a number (3 unparseable)" in capsys.readouterr().err
+    )
+
+
+def test_local_worker_log_over_the_limit_is_moved_aside_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchgrid import local
+    from batchgrid.settings import Settings
+
+    monkeypatch.setattr(local, "WORKER_LOG_ROTATE_BYTES", 10)
+    settings = Settings(
+        _env_file=None, broker_url="redis://x", storage_roots=[str(tmp_path)]
+    )
+    workers = local.LocalWorkers(settings, count=2, log_dir=tmp_path)
+    (tmp_path / "worker-0.log").write_text("x" * 11)
+    (tmp_path / "worker-1.log").write_text("small")
+
+    workers._rotate_log(0)
+    workers._rotate_log(1)
+
+    assert (tmp_path / "worker-0.log.1").read_text() == "x" * 11
+    assert not (tmp_path / "worker-0.log").exists()
+    assert (tmp_path / "worker-1.log").read_text() == "small"

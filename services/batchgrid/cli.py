@@ -7,6 +7,7 @@ embedded Valkey server and local worker processes for the command's duration.
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Protocol
 import typer
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from redis import RedisError
 from rich.console import Console
 from rich.progress import (
@@ -31,7 +33,7 @@ from rich.table import Table
 
 from batchgrid.celery_app import create_app
 from batchgrid.client import ApiClient
-from batchgrid.errors import BatchgridError
+from batchgrid.errors import BatchgridError, ConfigError
 from batchgrid.jobs import JobRecord, JobStore
 from batchgrid.local import embedded_broker, local_cluster
 from batchgrid.producer import Producer
@@ -111,10 +113,28 @@ Timeout = Annotated[
 
 
 def _settings() -> Settings:
+    """The settings, or one line naming each environment variable at fault."""
     try:
         return get_settings()
-    except (ValidationError, BatchgridError) as exc:
-        raise BatchgridError(f"bad settings: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_variable(error['loc'][0]) if error['loc'] else 'settings'}: "
+            f"{error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"bad settings: {problems}") from None
+    except SettingsError as exc:  # a JSON-valued variable that is no JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = _variable(field.group(1)) if field else "a BATCHGRID_ variable"
+        raise ConfigError(
+            f"bad settings: {name} is not valid JSON ({exc.__cause__ or exc})"
+        ) from None
+    except BatchgridError as exc:
+        raise ConfigError(f"bad settings: {exc}") from None
+
+
+def _variable(field: object) -> str:
+    return f"BATCHGRID_{str(field).upper()}"
 
 
 @contextmanager
@@ -209,8 +229,11 @@ def wait_for(
     return record
 
 
-def _finish(store: JobSource, record: JobRecord, *, as_json: bool) -> int:
-    """Print a finished (or timed-out) job and choose the exit code."""
+def _finish(
+    store: JobSource, record: JobRecord, *, as_json: bool, resumable: bool = True
+) -> int:
+    """Print a finished (or timed-out) job and choose the exit code; an unfinished
+    job gets a hint to follow it when it goes on without this command."""
     result = store.result(record.id)
     items = store.items(record.id) if record.kind == "images" else None
     if as_json:
@@ -225,10 +248,11 @@ def _finish(store: JobSource, record: JobRecord, *, as_json: bool) -> int:
             print_table(result)
         _print_status(record)
     if not record.finished:
-        console.print(
-            f"job {record.id} is still {record.state}; follow it with "
-            f"[bold]batchgrid status {record.id}[/]"
-        )
+        if resumable:
+            console.print(
+                f"job {record.id} is still {record.state}; follow it with "
+                f"[bold]batchgrid status {record.id}[/]"
+            )
         return EXIT_TIMEOUT
     if record.state in ("failed", "cancelled"):
         return EXIT_JOB_FAILED
@@ -301,6 +325,14 @@ def print_table(result: dict[str, Any]) -> None:
         named = [value] if len(values) > 1 else []
         table.add_row(*keys, *named, *(_number(stats[stat]) for stat in shown))
     out.print(table)
+    for value in values:
+        counted = sum(r[2]["count"] for r in rows if r[1] == value)
+        unparseable = sum(r[2]["unparseable"] for r in rows if r[1] == value)
+        if unparseable and not counted:
+            console.print(
+                f"[yellow]no value of {value!r} is a number ({unparseable} "
+                "unparseable); is it a numeric column?[/]"
+            )
     if result.get("malformed_rows"):
         console.print(f"[yellow]{result['malformed_rows']} malformed rows skipped[/]")
         for sample in result.get("malformed_samples", []):
@@ -346,30 +378,53 @@ def _run_job(
     plan = plan_request(settings, request)  # bad input fails before anything starts
     with local_cluster(settings, workers=workers, concurrency=concurrency) as s:
         store = _store(s)
-        job_id = Producer(s, create_app(s), store).submit(plan, origin="cli")
+        celery = create_app(s)
+        producer = Producer(s, celery, store)
+        submitted: str | None = None
         try:
+            submitted = producer.submit(plan, origin="cli")
             code = _follow(
-                store, job_id, wait=wait, timeout_s=timeout_s, as_json=as_json
+                store,
+                submitted,
+                wait=wait,
+                timeout_s=timeout_s,
+                as_json=as_json,
+                resumable=not embedded,
             )
         except KeyboardInterrupt:
+            if not embedded and submitted is None:
+                raise  # the job, if any, was sent in part: nothing to follow
             code = EXIT_INTERRUPTED
         if embedded and code in (EXIT_TIMEOUT, EXIT_INTERRUPTED):
-            # The local workers stop with this command; the job cannot go on.
-            Producer(s, create_app(s), store).cancel(job_id)
+            # The local workers stop with this command; the job cannot go on. The
+            # embedded server serves this command alone: its queued tasks go too,
+            # or the next command's workers would skip through them first.
+            if submitted is not None:
+                producer.cancel(submitted)
+            celery.control.purge()
             console.print(
-                f"cancelled job {job_id}: the embedded workers stop with this command"
+                f"cancelled job {submitted}: the embedded workers stop with this "
+                "command"
+                if submitted
+                else "interrupted while sending the job; its tasks were dropped"
             )
         return code
 
 
 def _follow(
-    source: JobSource, job_id: str, *, wait: bool, timeout_s: float, as_json: bool
+    source: JobSource,
+    job_id: str,
+    *,
+    wait: bool,
+    timeout_s: float,
+    as_json: bool,
+    resumable: bool = True,
 ) -> int:
     if not wait:
         out.print(job_id)
         return EXIT_OK
     record = wait_for(source, job_id, timeout_s=timeout_s, quiet=as_json)
-    return _finish(source, record, as_json=as_json)
+    return _finish(source, record, as_json=as_json, resumable=resumable)
 
 
 @contextmanager

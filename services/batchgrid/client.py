@@ -7,6 +7,7 @@ import httpx
 from batchgrid.errors import (
     BatchgridError,
     BrokerUnavailableError,
+    ConfigError,
     InputError,
     JobNotFoundError,
 )
@@ -40,6 +41,11 @@ class ApiClient:
     """Talks to ``batchgrid serve``; mirrors the parts of JobStore the CLI reads."""
 
     def __init__(self, base_url: str, *, token: str | None = None) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--api {base_url}: give the producer's URL with its scheme, "
+                f"e.g. http://{base_url}"
+            )
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers, timeout=REQUEST_TIMEOUT_S
@@ -108,9 +114,9 @@ def _detail(response: httpx.Response) -> str:
         detail = response.json().get("detail")
     except ValueError:
         return response.text[:500]
-    if isinstance(detail, list):
+    if isinstance(detail, list):  # FastAPI's shape: the field at fault, then why
         return "; ".join(
-            f"{'.'.join(str(p) for p in entry.get('loc', []))}: {entry.get('msg')}"
+            f"{'.'.join(str(p) for p in entry.get('loc', [])[1:])}: {entry.get('msg')}"
             for entry in detail
         )
     return str(detail)

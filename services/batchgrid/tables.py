@@ -682,7 +682,7 @@ def _check_names(found: Sequence[str], wanted: Sequence[str], *, name: str) -> N
         if other:
             hint = (
                 f"; the header looks {other[0]!r}-separated: "
-                f"pass --delimiter {other[0]!r}"
+                f"set the delimiter to {other[0]!r} (--delimiter)"
             )
         raise ColumnNotFoundError(
             f"{name}: no {noun} {_quote_all(missing)}; columns found: {listed}{hint}",
