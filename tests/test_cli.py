@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -242,8 +243,15 @@ def test_serve_when_terminated_stops_the_server_and_workers_it_started(
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda pid: os.killpg(pid, signal.SIGINT), id="ctrl-c"),
+        pytest.param(lambda pid: os.kill(pid, signal.SIGTERM), id="sigterm"),
+    ],
+)
 def test_images_when_interrupted_cancel_the_job_and_empty_the_queue(
-    tmp_path: Path,
+    tmp_path: Path, stop: Callable[[int], None]
 ) -> None:
     src = tmp_path / "in"
     src.mkdir()
@@ -266,7 +274,7 @@ def test_images_when_interrupted_cancel_the_job_and_empty_the_queue(
             time.sleep(0.1)
         started = _children(images.pid)
 
-        os.killpg(images.pid, signal.SIGINT)  # Ctrl-C reaches the whole group
+        stop(images.pid)  # Ctrl-C reaches the whole group; `kill` the command alone
         output, _ = images.communicate(timeout=120)
         left = _gone(started)  # read before the clean-up below
     finally:

@@ -284,19 +284,20 @@ class LocalWorkers:
         self.stop()
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM ends this process through its ``finally`` blocks, as Ctrl-C does,
-    so that the workers and the server it started stop with it (by default
-    SIGTERM ends a process at once; uvicorn re-raises it after its own shutdown)."""
+    """SIGTERM acts as Ctrl-C: the job is cancelled and this process ends through
+    its ``finally`` blocks, so the workers and the server it started stop with it
+    (by default SIGTERM ends a process at once; uvicorn re-raises it after its
+    own shutdown)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     finally:
