@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-fast lint format openapi clean bench
+.PHONY: help install demo test test-fast lint format openapi clean bench lock
 .PHONY: tools chart-docs test-chart test-images metrics-tools
 .PHONY: kind-up images deploy autoscale-demo kind-down test-kind
 
@@ -82,8 +82,24 @@ bench: $(VENV)/.bench-installed ## Measure speed and memory against other engine
 openapi: $(STAMP) ## Regenerate openapi.json from the HTTP API
 	$(BIN)/batchgrid openapi > openapi.json
 
-clean: ## Remove the virtualenv, caches and demo output
-	rm -rf $(VENV) .batchgrid .pytest_cache .mypy_cache .ruff_cache .hypothesis
+#: uv pins the images' dependencies, with hashes, from pyproject.toml: for every
+#: Python 3.11 (markers kept), since base images ship different patch releases.
+UV_VERSION := 0.13.9
+#: Extra `uv pip compile` flags for `make lock`, e.g. LOCK_ARGS=--upgrade.
+LOCK_ARGS ?=
+
+$(TOOLS)/uv/.installed:
+	$(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	@touch $@
+
+lock: $(TOOLS)/uv/.installed ## Pin the images' dependencies with hashes in requirements.lock (LOCK_ARGS=--upgrade)
+	$(TOOLS)/uv/bin/uv pip compile pyproject.toml --extra s3 --generate-hashes \
+		--universal --python-version 3.11 --custom-compile-command "make lock" \
+		--quiet $(LOCK_ARGS) --output-file requirements.lock
+
+clean: ## Remove the virtualenv, caches, demo and loadgen output
+	rm -rf $(VENV) .batchgrid loadgen .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 $(TOOLS)/bin/helm $(TOOLS)/bin/kubectl &: tools/fetch_k8s_tools.py | $(STAMP)
 	$(BIN)/python tools/fetch_k8s_tools.py $(TOOLS)
