@@ -20,7 +20,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from batchgrid import imaging, metrics, tables
 from batchgrid.celery_app import TASK_NAMES
 from batchgrid.errors import BatchgridError, InputError, JobNotFoundError
-from batchgrid.jobs import JobRecord, JobStore
+from batchgrid.jobs import JobStore
 from batchgrid.settings import get_settings
 from batchgrid.storage import (
     confine,
@@ -188,8 +188,9 @@ def convert_images(
         ):
             outcomes[name] = _error(
                 "worker_lost",
-                f"{name}: its worker process died on each of {limit} tries "
-                "(out of memory, or a crash in a decoder); check the file",
+                f"{name}: its worker process died or passed the hard time limit "
+                f"on each of {limit} tries (out of memory, a crash or a stall in "
+                "a decoder); check the file",
             )
             logger.error("failed %s: %s", name, outcomes[name]["message"])
         else:
@@ -289,8 +290,9 @@ def aggregate_range(
         return {"index": index, "rows": 0}
     if _too_many_deliveries(self, job_id):
         raise InputError(
-            f"{url} bytes {start}-{end}: this range crashed its worker process on "
-            "every attempt; check the rows there"
+            f"{url} bytes {start}-{end}: this range crashed its worker process or "
+            "passed the hard time limit on every attempt; check the rows there, or "
+            "use a smaller --chunk-bytes"
         )
 
     started = time.perf_counter()
@@ -365,49 +367,13 @@ def _reason(exc: BaseException) -> str:
     return wrapped.group(2).replace("\\'", "'") if wrapped else text
 
 
-#: Errors of the infrastructure rather than of the input: a broker or job store
-#: outage. A task that ended with one did not fail its item for good.
-_OUTAGE = re.compile(r"\b(ConnectionError|TimeoutError|ConnectionRefusedError)\b")
-#: The id of the task that failed, in the text of Celery's chord error.
-_CULPRIT = re.compile(r"Dependency (\S+) raised ")
-
-
-def _after_hard_limit(store: JobStore, record: JobRecord, text: str) -> str | None:
-    """A task killed at the hard time limit, in words a user can act on.
-
-    An images task fails only its files still without an outcome (``time_limit``),
-    and None is returned: the job goes on. A range of a table fails the job,
-    whose answer would lack its rows: the reason names the range.
-    """
-    culprit = _CULPRIT.match(text)
-    task = store.tasks(record.id).get(culprit.group(1)) if culprit else None
-    if task is None or "TimeLimitExceeded" not in text:
-        return text
-    limit_s = get_settings().hard_time_limit_s
-    if record.kind == "tables":
-        kwargs = task["kwargs"]
-        return (
-            f"{kwargs['url']} bytes {kwargs['start']}-{kwargs['end']}: the range "
-            f"took longer than the hard time limit ({limit_s} s); use a smaller "
-            "--chunk-bytes or raise BATCHGRID_HARD_TIME_LIMIT_S"
-        )
-    items = [str(name) for name in task["items"]]
-    done = store.recorded(record.id, items)
-    message = (
-        f"its task passed the hard time limit ({limit_s} s) and was stopped before "
-        "this file was done; check the file, or raise BATCHGRID_HARD_TIME_LIMIT_S"
-    )
-    outcomes = {
-        name: {**_error("time_limit", f"{name}: {message}"), "worker": ""}
-        for name in items
-        if name not in done
-    }
-    logger.error(
-        "job %s: %d files stopped by the hard time limit", record.id, len(outcomes)
-    )
-    if store.record(record.id, outcomes):
-        send_finish(current_app, record.id, record.kind)
-    return None
+#: Failures that are no verdict on the input: a broker or job store outage, or a
+#: task stopped by the hard time limit (a decoder stuck in C code, or a pool
+#: process that died unseen). The reconciler sends such a task again, and the
+#: delivery counts then fail alone the file or range that keeps causing it.
+_RETRIED = re.compile(
+    r"\b(ConnectionError|TimeoutError|ConnectionRefusedError|TimeLimitExceeded)\b"
+)
 
 
 def send_finish(app: Any, job_id: str, kind: str, *, queue: str | None = None) -> None:
@@ -428,8 +394,9 @@ def fail_job(request: Any, exc: BaseException, traceback: Any, job_id: str) -> N
     """Chord error callback: the job fails with the reason of the task that failed.
 
     Unless the work is not at fault: when every item has its outcome the job is
-    ended from them, and a task that failed on a broker or job store outage is
-    left for the reconciler to send again (batchgrid.reconcile).
+    ended from them, and a task that failed on a broker or job store outage, or
+    was stopped by the hard time limit, is left for the reconciler to send again
+    (batchgrid.reconcile).
     """
     store = job_store()
     try:
@@ -438,16 +405,17 @@ def fail_job(request: Any, exc: BaseException, traceback: Any, job_id: str) -> N
         return  # expired: nothing left to fail
     if record.finished:
         return
-    reason = _after_hard_limit(store, record, _reason(exc))
-    if reason is None:
-        return
+    reason = _reason(exc)
     if record.done >= record.total:
         logger.warning("job %s: every item done despite %s; ending it", job_id, reason)
         send_finish(current_app, job_id, record.kind)
         return
-    if _OUTAGE.search(reason):
+    if _RETRIED.search(reason):
         logger.warning(
-            "job %s: a task failed on an outage (%s); retried", job_id, reason
+            "job %s: a task failed on an outage or the hard time limit (%s); it is "
+            "sent again",
+            job_id,
+            reason,
         )
         return
     if store.finish(job_id, "failed", error=reason):
