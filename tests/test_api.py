@@ -30,6 +30,14 @@ def _csv(path: Path, rows: int) -> Path:
     return path
 
 
+def _sample(exposition: str, series: str) -> float:
+    """A series' value in a Prometheus text exposition, 0 when it is absent."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def _wait(client: httpx.Client, job_id: str, timeout_s: float = 120) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -135,17 +143,21 @@ def test_delete_job_while_queued_cancels_it_and_skips_the_rest(
 ) -> None:
     client = httpx.Client(base_url=api_url, timeout=60)
     job_id = _long_job(client, workspace / "long.csv", chunk_bytes=2048)
+    durations = 'batchgrid_job_duration_seconds_count{kind="tables",state="cancelled"}'
+    before = _sample(client.get("/metrics").text, durations)
 
     cancelled = client.delete(f"/jobs/{job_id}")
     again = client.delete(f"/jobs/{job_id}")
     time.sleep(2)
     view = client.get(f"/jobs/{job_id}").json()
+    after = _sample(client.get("/metrics").text, durations)
 
     assert cancelled.status_code == 200
     assert cancelled.json()["state"] == "cancelled"
     assert again.status_code == 409
     assert view["state"] == "cancelled"
     assert view["progress"]["done"] < view["progress"]["total"]
+    assert after == before + 1
 
 
 def test_delete_running_job_revokes_its_queued_tasks_and_lets_running_ones_finish(

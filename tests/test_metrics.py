@@ -249,34 +249,3 @@ def test_serve_worker_metrics_when_the_port_is_taken_logs_and_goes_on(
 
     assert served is False
     assert "BATCHGRID_METRICS_PORT" in caplog.text
-
-
-def _job_durations(kind: str, state: str) -> float:
-    from prometheus_client import REGISTRY
-
-    value = REGISTRY.get_sample_value(
-        "batchgrid_job_duration_seconds_count", {"kind": kind, "state": state}
-    )
-    return value or 0.0
-
-
-@pytest.mark.integration
-def test_job_duration_when_a_job_is_cancelled_is_observed_once(
-    broker_url: str, tmp_path: Path
-) -> None:
-    from batchgrid.celery_app import create_app
-    from batchgrid.producer import Producer
-
-    settings = Settings(
-        _env_file=None, broker_url=broker_url, storage_roots=[str(tmp_path)]
-    )
-    store = JobStore.from_settings(settings)
-    producer = Producer(settings, create_app(settings), store)
-    job_id = store.create("images", total=2, options={})
-    before = _job_durations("images", "cancelled")
-
-    cancelled = producer.cancel(job_id)
-    metrics.observe_job_end(store, job_id)  # seen again, by another process
-
-    assert cancelled
-    assert _job_durations("images", "cancelled") == before + 1

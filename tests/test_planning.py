@@ -161,3 +161,28 @@ def test_plan_request_when_storage_refuses_the_read_names_the_file() -> None:
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith(f"InputError: {locked}: storage refused the read")
     assert "Permission denied" in run.stdout
+
+
+def test_plan_request_when_storage_does_not_answer_is_worth_a_retry() -> None:
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from batchgrid.errors import StorageUnavailableError
+    from batchgrid.schemas import TablesRequest, plan_request
+
+    class Unreachable(MemoryFileSystem):  # an object store behind a dead network
+        cachable = False
+
+        def exists(self, path: str, **kwargs: object) -> bool:
+            raise ConnectionError("connect timeout")
+
+    settings = Settings(
+        _env_file=None, storage_roots=["memory://bucket"], broker_url="redis://x"
+    )
+    request = TablesRequest(csv="memory://bucket/t.csv", by=["a"], values=["b"])
+    fsspec.register_implementation("memory", Unreachable, clobber=True)
+
+    try:
+        with pytest.raises(StorageUnavailableError, match="try again"):
+            plan_request(settings, request)
+    finally:
+        fsspec.register_implementation("memory", MemoryFileSystem, clobber=True)

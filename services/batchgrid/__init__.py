@@ -13,6 +13,7 @@ from batchgrid.errors import (
     InputError,
     JobNotFoundError,
     PathOutsideRootsError,
+    StorageUnavailableError,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "InputError",
     "JobNotFoundError",
     "PathOutsideRootsError",
+    "StorageUnavailableError",
     "__version__",
 ]
 

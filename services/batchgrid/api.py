@@ -29,9 +29,10 @@ from batchgrid.errors import (
     ColumnNotFoundError,
     InputError,
     JobNotFoundError,
+    StorageUnavailableError,
 )
 from batchgrid.jobs import JobStore
-from batchgrid.metrics import producer_registry
+from batchgrid.metrics import observe_job_end, producer_registry
 from batchgrid.producer import Producer
 from batchgrid.schemas import (
     ImagesRequest,
@@ -175,6 +176,7 @@ def create_api(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @api.exception_handler(BrokerUnavailableError)
+    @api.exception_handler(StorageUnavailableError)
     async def _unavailable(request: Request, exc: BatchgridError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
@@ -215,6 +217,8 @@ def create_api(settings: Settings) -> FastAPI:
         except ColumnNotFoundError as exc:
             by = isinstance(job, TablesRequest) and set(exc.missing) & set(job.by)
             raise _field_error("by" if by else "values", exc, 422) from exc
+        except StorageUnavailableError:
+            raise  # a 503: worth a retry
         except BatchgridError as exc:  # bad input, or a scheme not installed here
             raise _field_error(field, exc) from exc
         producer: Producer = request.app.state.producer
@@ -301,6 +305,9 @@ def create_api(settings: Settings) -> FastAPI:
         if not producer.cancel(job_id):
             record = store.get(job_id)
             raise HTTPException(409, f"job {job_id} already {record.state}")
+        # Observed here, in a process that serves /metrics for long: no worker
+        # sees a cancel, and a CLI process would exit before any scrape.
+        observe_job_end(store, job_id)
         return JobView.of(store.get(job_id))
 
     @api.get("/healthz", include_in_schema=True)

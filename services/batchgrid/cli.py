@@ -11,7 +11,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -134,6 +134,7 @@ def _settings() -> Settings:
 
 
 def _variable(field: object) -> str:
+    """The environment variable of a settings field."""
     return f"BATCHGRID_{str(field).upper()}"
 
 
@@ -629,7 +630,9 @@ def serve(
     with _errors():
         settings = _settings()
         configure_logging(settings)
-        with local_cluster(settings, workers=workers, concurrency=concurrency) as s:
+        cluster = local_cluster(settings, workers=workers, concurrency=concurrency)
+        # uvicorn shuts down cleanly, then raises Ctrl-C or SIGTERM again.
+        with cluster as s, suppress(KeyboardInterrupt):
             uvicorn.run(
                 create_api(s),
                 host=host or s.api_host,

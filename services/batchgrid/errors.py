@@ -10,6 +10,7 @@ __all__ = [
     "InputError",
     "JobNotFoundError",
     "PathOutsideRootsError",
+    "StorageUnavailableError",
 ]
 
 
@@ -39,6 +40,10 @@ class ColumnNotFoundError(InputError):
 
 class BrokerUnavailableError(BatchgridError):
     """Raised when the broker or the job store cannot be reached."""
+
+
+class StorageUnavailableError(BatchgridError):
+    """Raised when storage does not answer for a moment; trying again may work."""
 
 
 class JobNotFoundError(BatchgridError):

@@ -95,7 +95,7 @@ class ImageError(InputError):
 
     Reasons: ``empty``, ``too_large``, ``unidentified``, ``truncated``,
     ``too_many_pixels``, ``unreadable`` and ``unwritable`` (the output format
-    cannot hold the image).
+    cannot hold the image, or the output could not be written).
     """
 
     reason: str

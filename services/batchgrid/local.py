@@ -186,6 +186,7 @@ class LocalWorkers:
         return self.log_dir / f"worker-{index}.log"
 
     def _rotate_log(self, index: int) -> None:
+        """Move a worker's log aside once it passed WORKER_LOG_ROTATE_BYTES."""
         path = self.log_path(index)
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size > WORKER_LOG_ROTATE_BYTES:
@@ -285,6 +286,9 @@ class LocalWorkers:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM's handler: unwind once; a second SIGTERM must not cut the shutdown
+    short (SIGKILL still can)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

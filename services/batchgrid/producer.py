@@ -355,7 +355,6 @@ class Producer:
         """
         if not self.store.cancel(job_id):
             return False
-        metrics.observe_job_end(self.store, job_id)
         task_ids = list(self.store.tasks(job_id))
         if task_ids:
             try:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batchgrid import tables
 from batchgrid.backlog import Backlog
-from batchgrid.errors import InputError
+from batchgrid.errors import InputError, StorageUnavailableError
 from batchgrid.jobs import JobRecord
 from batchgrid.producer import ImagesPlan, TablePlan, plan_images, plan_table
 from batchgrid.settings import Settings
@@ -126,8 +126,9 @@ def plan_request(
 ) -> ImagesPlan | TablePlan:
     """Plan the job a request asks for (reads storage, not the broker).
 
-    Storage that refuses a read (permissions, a missing bucket, a network error)
-    is the input's problem here: an InputError that names what failed.
+    Storage that refuses a read (permissions, a missing bucket) is the input's
+    problem here: an InputError that names what failed. Storage that does not
+    answer is not: StorageUnavailableError, worth a retry.
     """
     try:
         if isinstance(request, ImagesRequest):
@@ -143,6 +144,10 @@ def plan_request(
             dialect=dialect,
             chunk_bytes=request.chunk_bytes,
         )
+    except (ConnectionError, TimeoutError) as exc:
+        raise StorageUnavailableError(
+            f"storage did not answer while planning the job ({exc}); try again"
+        ) from exc
     except OSError as exc:
         what = (
             request.csv
