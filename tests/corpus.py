@@ -5,6 +5,7 @@ what batchgrid should make of each file: ``"ok"`` or the named error it reports.
 """
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -36,6 +37,20 @@ def png_of_zeros(width: int, height: int, *, rgba: bool = True) -> bytes:
         + _png_chunk(b"IDAT", body)
         + _png_chunk(b"IEND", b"")
     )
+
+
+def write_slow_pngs(folder: Path, count: int) -> list[Path]:
+    """``count`` links to one 6 MP noise PNG, ``slow-00.png`` up: each takes about
+    0.4 s to convert, and each is over 8 MiB, so a task holds one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    first = folder / "slow-00.png"
+    noise = Image.effect_noise((3000, 2000), 90)
+    Image.merge("RGB", (noise, noise.rotate(180), noise)).save(first, compress_level=1)
+    paths = [first]
+    for index in range(1, count):
+        paths.append(folder / f"slow-{index:02}.png")
+        os.link(first, paths[-1])
+    return paths
 
 
 def _bomb_header() -> bytes:

@@ -4,7 +4,6 @@ The corpus is made by ``tests/corpus.py`` at test time. Every file ends as an
 outcome or a named error; none crashes a worker, hangs a job or spoils the rest.
 """
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,12 @@ from PIL import Image
 from batchgrid.errors import InputError, PathOutsideRootsError
 from batchgrid.tables import CsvDialect
 from tests.conftest import Cluster, assert_matches_reference, pandas_reference
-from tests.corpus import png_of_zeros, write_csv_corpus, write_image_corpus
+from tests.corpus import (
+    png_of_zeros,
+    write_csv_corpus,
+    write_image_corpus,
+    write_slow_pngs,
+)
 from tests.faultkit import FaultCluster, broker, children, fault_cluster
 
 pytestmark = pytest.mark.integration
@@ -167,13 +171,7 @@ def test_batch_past_the_soft_time_limit_marks_the_rest_and_the_job_ends(
     limited: FaultCluster,
 ) -> None:
     src = limited.root / "slow"
-    src.mkdir()
-    noise = Image.effect_noise((3000, 2000), 90)
-    Image.merge("RGB", (noise, noise.rotate(180), noise)).save(
-        src / "slow-00.png", compress_level=1
-    )
-    for index in range(1, 12):  # each takes about 0.4 s: 4.4 s in all, over 2 s
-        os.link(src / "slow-00.png", src / f"slow-{index:02}.png")
+    write_slow_pngs(src, 12)  # about 4.4 s of work in one task, over 2 s
     main = limited.groups[0].processes[0].pid
     [pool_process] = children(main)
 
