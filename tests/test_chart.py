@@ -585,11 +585,15 @@ def test_beat_runs_exactly_one_replica_with_recreate() -> None:
         for d in of_kind(docs, "Deployment")
         if d["metadata"]["name"] == "batchgrid-beat"
     ]
-    env = _env(beat["spec"]["template"]["spec"]["containers"][0])
+    container = beat["spec"]["template"]["spec"]["containers"][0]
+    env = _env(container)
+    probe = " ".join(container["livenessProbe"]["exec"]["command"])
 
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"] == {"type": "Recreate"}
     assert json.loads(env["BATCHGRID_SCHEDULE"]["value"])[0]["name"] == "nightly-delays"
+    assert env["BATCHGRID_HEARTBEAT_FILE"]["value"] in probe
+    assert not re.search(r"python|celery|batchgrid ", probe)
 
 
 def test_producer_probes_health_routes_and_serves_behind_a_service() -> None:

@@ -47,7 +47,7 @@ def test_loadgen_images_in_a_burst_converts_every_image(
 
 
 def _start_beat(
-    cluster: Cluster, schedule: list[dict[str, object]]
+    cluster: Cluster, schedule: list[dict[str, object]], heartbeat: Path
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGRID_")}
     env |= {
@@ -55,6 +55,7 @@ def _start_beat(
         "BATCHGRID_STORAGE_ROOTS": str(cluster.root),
         "BATCHGRID_SCHEDULE": json.dumps(schedule),
         "BATCHGRID_BEAT_LOCK_TIMEOUT_S": "5",
+        "BATCHGRID_HEARTBEAT_FILE": str(heartbeat),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "batchgrid", "beat"],
@@ -79,9 +80,12 @@ def test_beat_with_two_replicas_fires_once_per_period(
             "params": {"csv": str(csv), "by": ["k"], "values": ["v"]},
         }
     ]
-    beats = [_start_beat(cluster, schedule), _start_beat(cluster, schedule)]
+    heartbeats = [workspace / "beat-0.alive", workspace / "beat-1.alive"]
+    beats = [_start_beat(cluster, schedule, path) for path in heartbeats]
     try:
         time.sleep(11)
+        ticking = [path for path in heartbeats if path.exists()]
+        age_s = time.time() - ticking[0].stat().st_mtime if ticking else None
     finally:
         for beat in beats:
             beat.send_signal(signal.SIGTERM)
@@ -94,4 +98,6 @@ def test_beat_with_two_replicas_fires_once_per_period(
     gaps = [later - earlier for earlier, later in itertools.pairwise(fired)]
     assert 3 <= len(fired) <= 6, fired
     assert min(gaps) > 1.5, gaps
+    # Only the beat holding the lock ticks; it touched its file a moment ago.
+    assert len(ticking) == 1 and age_s is not None and age_s < 6, (ticking, age_s)
     assert {r.state for r in ours} <= {"succeeded", "running", "queued"}
