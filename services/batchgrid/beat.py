@@ -31,7 +31,6 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         interval_s: float = super().tick(*args, **kwargs)
         path = get_settings().heartbeat_file
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
         return interval_s
 
@@ -76,5 +75,6 @@ def run_beat(settings: Settings) -> None:
     if settings.heartbeat_file is not None:
         # Left by a beat that stopped: a probe must not take it for this one's.
         settings.heartbeat_file.unlink(missing_ok=True)
+        settings.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
     app = beat_app(settings)
     app.Beat(loglevel=settings.log_level.upper(), scheduler=SCHEDULER).run()

@@ -52,14 +52,18 @@ class ImageBatch:
     size_bytes: int
 
 
+#: The characters that make a source a glob.
+_GLOB_CHARS = "*?["
+
+
 def _is_glob(url: str) -> bool:
     """Globs have wildcards; a path that exists is taken literally even so."""
-    return any(char in url for char in "*?[")
+    return any(char in url for char in _GLOB_CHARS)
 
 
 def _glob_folder(pattern: str) -> str:
     """The folder a glob lists: its fixed part up to the last slash (``.`` if none)."""
-    fixed = pattern[: min(pattern.index(c) for c in "*?[" if c in pattern)]
+    fixed = pattern[: min(pattern.index(c) for c in _GLOB_CHARS if c in pattern)]
     return posixpath.dirname(fixed) or "."
 
 
