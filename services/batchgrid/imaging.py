@@ -105,6 +105,18 @@ class ImageError(InputError):
         self.reason = reason
 
 
+def _extension(rel_name: str) -> str:
+    """The lowercased suffix from the last dot of the file name (``.jpg``).
+
+    As ``posixpath.splitext``, but only a first dot marks a hidden name, so
+    ``.png`` has no suffix and ``....png`` ends in ``.png``: that keeps
+    :func:`output_name` idempotent for names of dots (``...``).
+    """
+    base = posixpath.basename(rel_name)
+    dot = base.rfind(".")
+    return base[dot:].lower() if dot > 0 else ""
+
+
 def output_name(rel_name: str) -> str:
     """Return the output name for an input's relative posix name.
 
@@ -113,8 +125,7 @@ def output_name(rel_name: str) -> str:
     that already equals another input plus ``".png"`` (``x.gif`` and
     ``x.gif.png``); callers listing a whole folder must check for that.
     """
-    extension = posixpath.splitext(rel_name)[1].lower()
-    if extension in FORMAT_BY_EXTENSION:
+    if _extension(rel_name) in FORMAT_BY_EXTENSION:
         return rel_name
     return rel_name + ".png"
 
@@ -136,7 +147,7 @@ def convert_to_grayscale(
         )
     if not data:
         raise ImageError("empty", f"{name}: file is empty (0 bytes); {_FIX_HINT}")
-    out_format = FORMAT_BY_EXTENSION[posixpath.splitext(output_name(name))[1].lower()]
+    out_format = FORMAT_BY_EXTENSION[_extension(output_name(name))]
 
     try:
         gray, note = _decode_gray(data, name=name, max_pixels=options.max_pixels)
