@@ -18,6 +18,7 @@ from rich.console import Console
 
 from batchgrid import metrics
 from batchgrid.backlog import queue_keys
+from batchgrid.celery_app import create_app
 from batchgrid.jobs import JobStore
 from batchgrid.local import LocalWorkers
 from batchgrid.settings import Settings
@@ -249,3 +250,34 @@ def test_serve_worker_metrics_when_the_port_is_taken_logs_and_goes_on(
 
     assert served is False
     assert "BATCHGRID_METRICS_PORT" in caplog.text
+
+
+def test_zero_worker_series_creates_the_series_of_the_consumed_queues_only() -> None:
+    settings = Settings(
+        _env_file=None,
+        broker_url="redis://127.0.0.1:1/0",
+        images_queue="zero-images",
+        tables_queue="zero-tables",
+    )
+    app = create_app(settings)
+
+    created = metrics.zero_worker_series(app, "zero@test", ["zero-images"])
+
+    waits = {
+        (s.labels["task"], s.labels["queue"])
+        for family in metrics.QUEUE_WAIT.collect()
+        for s in family.samples
+        if s.labels.get("worker") == "zero@test" and s.name.endswith("_count")
+    }
+    assert waits == {
+        ("batchgrid.images.convert", "zero-images"),
+        ("batchgrid.images.finish", "zero-images"),
+    }
+    assert created == 2
+    outcomes = {
+        s.labels["outcome"]: s.value
+        for family in metrics.TASKS.collect()
+        for s in family.samples
+        if s.labels.get("worker") == "zero@test" and s.name.endswith("_total")
+    }
+    assert outcomes == dict.fromkeys(metrics.OUTCOMES, 0.0)

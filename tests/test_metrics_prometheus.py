@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -249,7 +250,13 @@ def observed(
             lambda: httpx.get(f"{prometheus_url}/-/ready").status_code == 200,
             "prometheus",
         )
-        time.sleep(2)  # a few scrapes before the jobs: rates need a baseline
+        # Prometheus scrapes a new target only after its discovery settles (about
+        # 5 s): rates need a baseline scrape of both targets before the jobs.
+        wait_until(
+            lambda: scalar_at(prometheus_url, "count(up == 1)") == 2,
+            "prometheus to scrape the worker and the producer",
+        )
+        time.sleep(2)
 
         started = time.monotonic()
         table = httpx.post(
@@ -287,20 +294,28 @@ def observed(
         store.close()
 
 
-def query(observed: Observed, expr: str) -> list[dict[str, object]]:
+def query_at(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
     response = httpx.get(
-        f"{observed.prometheus_url}/api/v1/query", params={"query": expr}, timeout=10
+        f"{prometheus_url}/api/v1/query", params={"query": expr}, timeout=10
     )
     response.raise_for_status()
     body = response.json()
     assert body["status"] == "success", body
-    result: list[dict[str, object]] = body["data"]["result"]
+    result: list[dict[str, Any]] = body["data"]["result"]
     return result
 
 
+def scalar_at(prometheus_url: str, expr: str) -> float | None:
+    result = query_at(prometheus_url, expr)
+    return float(result[0]["value"][1]) if result else None
+
+
+def query(observed: Observed, expr: str) -> list[dict[str, Any]]:
+    return query_at(observed.prometheus_url, expr)
+
+
 def scalar(observed: Observed, expr: str) -> float | None:
-    result = query(observed, expr)
-    return float(result[0]["value"][1]) if result else None  # type: ignore[index]
+    return scalar_at(observed.prometheus_url, expr)
 
 
 AGGREGATE = "batchgrid.tables.aggregate_range"
@@ -439,6 +454,8 @@ def test_prometheus_scraped_task_count_equals_the_tasks_the_job_ran(
     finish_sent = (
         f'sum(batchgrid_tasks_published_total{{task="{FINISH}", queue="{queue}"}})'
     )
+    # The two targets are scraped at their own moments: wait for the producer's.
+    wait_until(lambda: scalar(observed, sent) == observed.ranges, "the producer's")
     assert scalar(observed, ran) == scalar(observed, sent) == observed.ranges
     # A second callback may still be on its way when the ranges are all counted.
     wait_until(

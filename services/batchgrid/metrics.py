@@ -66,6 +66,7 @@ __all__ = [
     "prepare_multiprocess_dir",
     "producer_registry",
     "serve_worker_metrics",
+    "zero_worker_series",
 ]
 
 logger = logging.getLogger(__name__)
@@ -220,10 +221,13 @@ def _ready_at(request: Any) -> float | None:
 
 
 def _zero_series(labels: tuple[str, str, str, str]) -> None:
-    """Create every outcome (and item) series at 0, so rates and ratios exist."""
+    """Create a task's histograms and every outcome (and item) series at 0, so
+    rates, ratios and quantiles exist from the first scrape on."""
     if labels in _clock.initialised:
         return
     _clock.initialised.add(labels)
+    QUEUE_WAIT.labels(*labels)
+    TASK_RUNTIME.labels(*labels)
     for outcome in OUTCOMES:
         TASKS.labels(*labels, outcome)
     task, _, node, worker = labels
@@ -234,6 +238,25 @@ def _zero_series(labels: tuple[str, str, str, str]) -> None:
     elif task == TASK_NAMES["aggregate_range"]:
         ITEMS_PROCESSED.labels("rows", node, worker)
         ITEMS_PROCESSED.labels("bytes", node, worker)
+
+
+def zero_worker_series(app: Any, worker: str, queues: Iterable[str]) -> int:
+    """Create at 0 the series of every task this worker can receive, before any
+    runs; returns how many label sets.
+
+    Prometheus sees no increase in a series whose first scrape already holds
+    its final count: without this, the first burst after a worker starts (often
+    the only one, in a scale-from-zero fleet) shows no rate and no quantile.
+    """
+    consumed = set(queues)
+    created = 0
+    for task in TASK_NAMES.values():
+        route = app.amqp.router.route({}, task)
+        queue = getattr(route.get("queue"), "name", None)
+        if queue in consumed:
+            _zero_series((task, str(queue), node_name(), worker))
+            created += 1
+    return created
 
 
 def _on_prerun(task_id: str = "", task: Task[Any, Any] | None = None, **_: Any) -> None:
@@ -609,6 +632,7 @@ class _WorkerHooks:
             return
         self.serving = True
         queues = [queue.name for queue in sender.task_consumer.queues]
+        zero_worker_series(sender.app, str(sender.hostname), queues)
         worker = WorkerCollector(
             str(sender.hostname),
             queues=queues,
