@@ -1,11 +1,13 @@
 """Metrics without workers: queue keys, folding of exited processes' files, the
 publish stamp, quantiles, the dashboard file and local ports."""
 
+import contextlib
 import json
 import math
 import os
 import socket
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from rich.console import Console
 
 from batchgrid import metrics
 from batchgrid.backlog import queue_keys
-from batchgrid.celery_app import create_app
+from batchgrid.celery_app import TASK_NAMES, create_app
 from batchgrid.jobs import JobStore
 from batchgrid.local import LocalWorkers
 from batchgrid.settings import Settings
@@ -252,7 +254,23 @@ def test_serve_worker_metrics_when_the_port_is_taken_logs_and_goes_on(
     assert "BATCHGRID_METRICS_PORT" in caplog.text
 
 
-def test_zero_worker_series_creates_the_series_of_the_consumed_queues_only() -> None:
+@pytest.fixture
+def zero_series_cleanup() -> Iterator[list[tuple[str, str, str, str]]]:
+    """Label sets a test creates in this process's registry, removed after it: the
+    producer's /metrics in later tests serves the same registry."""
+    created: list[tuple[str, str, str, str]] = []
+    yield created
+    for labels in created:
+        with contextlib.suppress(KeyError):  # only the consumed queues' exist
+            metrics.QUEUE_WAIT.remove(*labels)
+            metrics.TASK_RUNTIME.remove(*labels)
+            for outcome in metrics.OUTCOMES:
+                metrics.TASKS.remove(*labels, outcome)
+
+
+def test_zero_worker_series_creates_the_series_of_the_consumed_queues_only(
+    zero_series_cleanup: list[tuple[str, str, str, str]],
+) -> None:
     settings = Settings(
         _env_file=None,
         broker_url="redis://127.0.0.1:1/0",
@@ -260,6 +278,12 @@ def test_zero_worker_series_creates_the_series_of_the_consumed_queues_only() -> 
         tables_queue="zero-tables",
     )
     app = create_app(settings)
+    node = metrics.node_name()
+    zero_series_cleanup.extend(
+        (task, queue, node, "zero@test")
+        for task in TASK_NAMES.values()
+        for queue in ("zero-images", "zero-tables")
+    )
 
     created = metrics.zero_worker_series(app, "zero@test", ["zero-images"])
 
