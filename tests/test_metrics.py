@@ -5,6 +5,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -305,3 +306,33 @@ def test_zero_worker_series_creates_the_series_of_the_consumed_queues_only(
         if s.labels.get("worker") == "zero@test" and s.name.endswith("_total")
     }
     assert outcomes == dict.fromkeys(metrics.OUTCOMES, 0.0)
+
+
+def test_item_error_reasons_when_tasks_or_imaging_emit_one_list_it() -> None:
+    package = Path(metrics.__file__).parent
+    source = (package / "tasks.py").read_text() + (package / "imaging.py").read_text()
+
+    emitted = set(re.findall(r'(?:_error|ImageError)\(\s*"(\w+)"', source))
+
+    assert {"empty", "out_of_memory", "worker_lost", "time_limit"} <= emitted
+    assert emitted <= set(metrics.ITEM_ERROR_REASONS), emitted - set(
+        metrics.ITEM_ERROR_REASONS
+    )
+
+
+def test_count_items_when_a_range_had_malformed_rows_counts_them_by_reason() -> None:
+    worker = "malformed@test"
+    before = metrics.ITEM_ERRORS.labels("malformed_row", "n1", worker)._value.get()
+
+    metrics._count_items(
+        TASK_NAMES["aggregate_range"],
+        {"index": 0, "rows": 10, "bytes": 99, "malformed_rows": 3},
+        "n1",
+        worker,
+    )
+
+    after = metrics.ITEM_ERRORS.labels("malformed_row", "n1", worker)._value.get()
+    assert after - before == 3
+    for unit in ("rows", "bytes"):
+        metrics.ITEMS_PROCESSED.remove(unit, "n1", worker)
+    metrics.ITEM_ERRORS.remove("malformed_row", "n1", worker)

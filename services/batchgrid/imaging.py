@@ -212,7 +212,8 @@ def _decode_gray(
             raise ImageError(
                 "too_many_pixels",
                 f"{name}: {width}x{height} is {width * height} pixels, more than "
-                f"the limit of {max_pixels}; downscale the image or raise max_pixels",
+                f"the limit of {max_pixels}; downscale the image, or raise the job's "
+                "max_pixels or BATCHGRID_MAX_IMAGE_PIXELS",
             )
         n_frames = int(getattr(im, "n_frames", 1))
         animated = im.format in ANIMATED_FORMATS

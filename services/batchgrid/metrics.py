@@ -75,8 +75,10 @@ logger = logging.getLogger(__name__)
 PUBLISHED_AT_HEADER = "batchgrid_published_at"
 #: prometheus-client's multiprocess mode writes its files under this directory.
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-#: Image error reasons kept as label values; any other reason is counted as "other".
+#: Item error reasons kept as label values: an image's error, or a table row too
+#: ragged to parse (``malformed_row``); any other reason is counted as "other".
 ITEM_ERROR_REASONS = (
+    "malformed_row",
     "empty",
     "too_large",
     "unidentified",
@@ -86,6 +88,7 @@ ITEM_ERROR_REASONS = (
     "unwritable",
     "time_limit",
     "worker_lost",
+    "out_of_memory",
     "input",
     "other",
 )
@@ -136,7 +139,7 @@ ITEMS_PROCESSED = Counter(
 )
 ITEM_ERRORS = Counter(
     "batchgrid_item_errors",
-    "Images that failed, by reason.",
+    "Items that failed, by reason: images by their error, malformed table rows.",
     ("reason", "node", "worker"),
 )
 JOB_DURATION = Histogram(
@@ -238,6 +241,7 @@ def _zero_series(labels: tuple[str, str, str, str]) -> None:
     elif task == TASK_NAMES["aggregate_range"]:
         ITEMS_PROCESSED.labels("rows", node, worker)
         ITEMS_PROCESSED.labels("bytes", node, worker)
+        ITEM_ERRORS.labels("malformed_row", node, worker)
 
 
 def zero_worker_series(app: Any, worker: str, queues: Iterable[str]) -> int:
@@ -284,6 +288,9 @@ def _count_items(task_name: str, result: Any, node: str, worker: str) -> None:
     elif task_name == TASK_NAMES["aggregate_range"]:
         ITEMS_PROCESSED.labels("rows", node, worker).inc(int(result.get("rows", 0)))
         ITEMS_PROCESSED.labels("bytes", node, worker).inc(int(result.get("bytes", 0)))
+        malformed = int(result.get("malformed_rows", 0))
+        if malformed:
+            ITEM_ERRORS.labels("malformed_row", node, worker).inc(malformed)
 
 
 #: Tasks whose success ends a job.

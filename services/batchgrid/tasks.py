@@ -334,7 +334,12 @@ def aggregate_range(
         partial["rows"],
         time.perf_counter() - started,
     )
-    return {"index": index, "rows": int(partial["rows"]), "bytes": end - start}
+    return {
+        "index": index,
+        "rows": int(partial["rows"]),
+        "bytes": end - start,
+        "malformed_rows": int(partial["malformed_rows"]),
+    }
 
 
 @shared_task(name="batchgrid.tables.finish", bind=True, max_retries=None)
