@@ -209,8 +209,11 @@ class Broker:
 
 @contextlib.contextmanager
 def broker(kind: str, data_dir: Path) -> Iterator[Broker]:
-    """A fresh broker of ``kind`` ("valkey" or "rabbitmq"); skips if unreachable."""
+    """A fresh broker of ``kind`` ("valkey" or "rabbitmq"); an unreachable RabbitMQ
+    skips the test, except in CI (``CI`` set), where it fails it."""
     if kind == "rabbitmq" and (reason := amqp_unreachable_reason()):
+        if os.environ.get("CI"):
+            pytest.fail(reason)
         pytest.skip(reason)
     with valkey(data_dir) as server:
         if kind == "valkey":

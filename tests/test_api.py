@@ -12,6 +12,9 @@ import pytest
 from PIL import Image
 
 from batchgrid.api import create_api
+from batchgrid.client import ApiClient
+from batchgrid.errors import InputError, JobNotFoundError, JobStateError
+from batchgrid.schemas import TablesRequest
 from tests.conftest import (
     ApiServer,
     Cluster,
@@ -376,3 +379,22 @@ def test_cli_with_api_flag_submits_through_the_producer(
     assert_matches_reference(
         payload["result"], pandas_reference(csv, by=["shop"], values=["amount"])
     )
+
+
+def test_api_client_result_when_the_job_is_unfinished_is_none_and_bad_input_raises(
+    api_url: str, cluster: Cluster
+) -> None:
+    unfinished = cluster.store.create("tables", total=1, options={})
+    client = ApiClient(api_url)
+
+    pending = client.result(unfinished)
+    cancelled = client.cancel(unfinished)
+
+    assert pending is None
+    assert cancelled.state == "cancelled"
+    with pytest.raises(JobNotFoundError):
+        client.result("0" * 32)
+    with pytest.raises(InputError, match="outside"):
+        client.submit(TablesRequest(csv="/etc/passwd", by=["shop"], values=["amount"]))
+    with pytest.raises(JobStateError, match="already cancelled"):
+        client.cancel(unfinished)

@@ -6,23 +6,27 @@ job functions below are the public surface.
 """
 
 from batchgrid.errors import (
+    AuthError,
     BatchgridError,
     BrokerUnavailableError,
     ColumnNotFoundError,
     ConfigError,
     InputError,
     JobNotFoundError,
+    JobStateError,
     PathOutsideRootsError,
     StorageUnavailableError,
 )
 
 __all__ = [
+    "AuthError",
     "BatchgridError",
     "BrokerUnavailableError",
     "ColumnNotFoundError",
     "ConfigError",
     "InputError",
     "JobNotFoundError",
+    "JobStateError",
     "PathOutsideRootsError",
     "StorageUnavailableError",
     "__version__",

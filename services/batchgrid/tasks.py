@@ -424,7 +424,7 @@ def fail_job(request: Any, exc: BaseException, traceback: Any, job_id: str) -> N
         )
         return
     if store.finish(job_id, "failed", error=reason):
-        logger.error("job failed: %s", reason)
+        logger.error("job %s failed: %s", job_id, reason)
         metrics.observe_job_end(store, job_id)
 
 
