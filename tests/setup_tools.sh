@@ -16,14 +16,19 @@ exporter_stamp="$exporter_venv/.installed-$exporter_version-3"
 
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-        echo "setup_tools: promtool is missing; install Debian's 'prometheus' package" >&2
-        exit 1
+        # Without root and apt the Prometheus tests skip, except in CI (CI set),
+        # where they fail: they are not optional there.
+        echo "setup_tools: promtool and prometheus are missing and cannot be" \
+            "installed here (needs root and apt); install your system's" \
+            "'prometheus' package, or the Prometheus tests will skip" >&2
+        [ -z "${CI:-}" ] || exit 1
+    else
+        echo "setup_tools: installing Debian's prometheus package (promtool, prometheus)"
+        apt-get update -qq
+        # No recommends: the node exporter would start a daemon we do not want.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            prometheus >/dev/null
     fi
-    echo "setup_tools: installing Debian's prometheus package (promtool, prometheus)"
-    apt-get update -qq
-    # No recommends: the node exporter would start a daemon we do not want.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        prometheus >/dev/null
 fi
 
 # The wheel has no console script; tests run `python -c 'from src.cli import cli; cli()'`.

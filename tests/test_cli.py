@@ -191,6 +191,19 @@ def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _wait_ready(serve: subprocess.Popen[str], port: int) -> None:
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S + 60
+    while True:
+        assert serve.poll() is None, serve.communicate()[0]
+        assert time.monotonic() < deadline, "serve never became ready"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+
+
 def test_serve_when_terminated_stops_the_server_and_workers_it_started(
     tmp_path: Path,
 ) -> None:
@@ -198,16 +211,7 @@ def test_serve_when_terminated_stops_the_server_and_workers_it_started(
     serve = _start(tmp_path, "serve", "--port", str(port))
     started: set[int] = set()
     try:
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S + 60
-        while True:
-            assert serve.poll() is None, serve.communicate()[0]
-            assert time.monotonic() < deadline, "serve never became ready"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        _wait_ready(serve, port)
         started = set(children(serve.pid))
 
         serve.send_signal(signal.SIGTERM)  # to serve alone, as `kill` does
@@ -223,6 +227,34 @@ def test_serve_when_terminated_stops_the_server_and_workers_it_started(
     assert left == set(), output
     assert serve.returncode == 0, output
     assert "Traceback" not in output
+
+
+def test_commands_while_serve_holds_the_server_use_its_url_and_token_from_dotenv(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    (tmp_path / ".env").write_text(
+        f"BATCHGRID_API_TOKEN=s3cret\nBATCHGRID_API_URL=http://127.0.0.1:{port}\n"
+    )
+    serve = _start(tmp_path, "serve", "--port", str(port))
+    try:
+        _wait_ready(serve, port)
+
+        through_api = run_cli(tmp_path, "status", "0" * 32)
+        # An empty variable outranks .env: this command tries the embedded server.
+        locked_out = run_cli(
+            tmp_path, "status", "0" * 32, extra_env={"BATCHGRID_API_URL": ""}
+        )
+    finally:
+        started = set(children(serve.pid))
+        os.killpg(serve.pid, signal.SIGKILL)
+        _kill_groups(started)
+
+    assert through_api.returncode == 2, through_api.stderr
+    assert "no job" in through_api.stderr, through_api.stderr
+    assert "refused" not in through_api.stderr
+    assert locked_out.returncode == 2
+    assert f"--api http://127.0.0.1:{port}" in locked_out.stderr, locked_out.stderr
 
 
 @pytest.mark.parametrize(

