@@ -1,4 +1,4 @@
-"""Planning an images job: listing, bases, exclusions and batches."""
+"""Planning jobs: listing images, bases, exclusions and batches; table ranges."""
 
 import os
 import subprocess
@@ -10,7 +10,7 @@ import fsspec
 import pytest
 
 from batchgrid.errors import InputError, PathOutsideRootsError
-from batchgrid.producer import batch_images, list_images, plan_images
+from batchgrid.producer import batch_images, list_images, plan_images, plan_table
 from batchgrid.settings import Settings
 
 
@@ -186,3 +186,18 @@ def test_plan_request_when_storage_does_not_answer_is_worth_a_retry() -> None:
             plan_request(settings, request)
     finally:
         fsspec.register_implementation("memory", MemoryFileSystem, clobber=True)
+
+
+@pytest.mark.parametrize(("chunk_bytes", "warned"), [(16, True), (64 * 1024, False)])
+def test_plan_table_when_ranges_are_tiny_and_many_warns_about_the_unit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, chunk_bytes: int, warned: bool
+) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("k,v\n" + "".join(f"g{i % 3},{i}\n" for i in range(3000)))
+
+    plan = plan_table(
+        _settings(tmp_path), str(csv), by=["k"], values=["v"], chunk_bytes=chunk_bytes
+    )
+
+    assert len(plan.ranges) > 1000 if warned else len(plan.ranges) >= 1
+    assert ("in bytes" in caplog.text) is warned

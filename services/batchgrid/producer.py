@@ -52,6 +52,10 @@ class ImageBatch:
     size_bytes: int
 
 
+#: A table planned into more ranges than this, each under SMALL_RANGE_BYTES, gets
+#: a warning: broker work then outweighs parsing (a unit mistake, most likely).
+SMALL_RANGES_WARN_TASKS = 1000
+SMALL_RANGE_BYTES = 1024 * 1024
 #: The characters that make a source a glob.
 _GLOB_CHARS = "*?["
 
@@ -272,6 +276,16 @@ def plan_table(
             f"{url}: {len(ranges)} ranges of {chunk_bytes} bytes is more than "
             f"BATCHGRID_MAX_TASKS_PER_JOB ({settings.max_tasks_per_job}); "
             "use a larger --chunk-bytes"
+        )
+    if len(ranges) > SMALL_RANGES_WARN_TASKS and chunk_bytes < SMALL_RANGE_BYTES:
+        logger.warning(
+            "%s: %d ranges of %d bytes each; a task costs milliseconds of broker "
+            "work, far more than parsing so few bytes: --chunk-bytes is in bytes "
+            "(default %d, 16 MiB)",
+            url,
+            len(ranges),
+            chunk_bytes,
+            type(settings).model_fields["chunk_bytes"].default,
         )
     spec = {
         "names": header.names,
