@@ -127,6 +127,11 @@ def test_worker_command_without_broker_url_explains_what_to_set(tmp_path: Path) 
     [
         ("BATCHGRID_SCHEDULE", "[", "BATCHGRID_SCHEDULE is not valid JSON"),
         ("BATCHGRID_MAX_RETRIES", "lots", "BATCHGRID_MAX_RETRIES: Input should be"),
+        (
+            "BATCHGRID_SCHEDULE",
+            '[{"name": "x", "kind": "tables", "every_s": 5}]',
+            "BATCHGRID_SCHEDULE[0].params: Field required",
+        ),
     ],
 )
 def test_any_command_when_a_setting_is_malformed_names_its_variable(

@@ -121,9 +121,7 @@ def _settings() -> Settings:
         return get_settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_variable(error['loc'][0]) if error['loc'] else 'settings'}: "
-            f"{error['msg']}"
-            for error in exc.errors()
+            f"{_location(error['loc'])}: {error['msg']}" for error in exc.errors()
         )
         raise ConfigError(f"bad settings: {problems}") from None
     except SettingsError as exc:  # a JSON-valued variable that is no JSON
@@ -134,6 +132,17 @@ def _settings() -> Settings:
         ) from None
     except BatchgridError as exc:
         raise ConfigError(f"bad settings: {exc}") from None
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """Where a settings error lies: its variable, then the place inside its JSON
+    (``BATCHGRID_SCHEDULE[0].params``)."""
+    if not loc:
+        return "settings"
+    inside = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:]
+    )
+    return _variable(loc[0]) + inside
 
 
 def _variable(field: object) -> str:
