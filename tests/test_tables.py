@@ -361,6 +361,18 @@ def test_check_columns_missing_column_lists_columns_found() -> None:
     assert "did you mean 'carier' → 'carrier'" in str(caught.value)
 
 
+@pytest.mark.parametrize(("header_line", "likely"), [("k,v", ","), ("k;v", ";")])
+def test_check_columns_when_the_header_is_one_column_names_the_likely_delimiter(
+    header_line: str, likely: str
+) -> None:
+    header = Header(names=[header_line], end_offset=0)
+
+    with pytest.raises(ColumnNotFoundError) as caught:
+        check_columns(header, name="t.csv", by=["k"], values=["v"])
+
+    assert f"looks {likely!r}-separated" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("by", "values", "message"),
     [

@@ -678,7 +678,7 @@ def _check_names(found: Sequence[str], wanted: Sequence[str], *, name: str) -> N
             if (close := difflib.get_close_matches(column, found, n=1))
         ]
         hint = f"; did you mean {', '.join(hints)}?" if hints else ""
-        other = [d for d in ";\t|" if len(found) == 1 and d in found[0]]
+        other = [d for d in ",;\t|" if len(found) == 1 and d in found[0]]
         if other:
             hint = (
                 f"; the header looks {other[0]!r}-separated: "
