@@ -472,7 +472,12 @@ def worker(
         str | None, typer.Option("--queues", "-Q", help="Comma-separated queues.")
     ] = None,
     concurrency: Concurrency = None,
-    hostname: Annotated[str | None, typer.Option("--hostname", "-n")] = None,
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "--hostname", "-n", help="Celery node name (default: celery@<host name>)."
+        ),
+    ] = None,
 ) -> None:
     """Run a worker that consumes the images and tables queues."""
     with _errors():
@@ -640,7 +645,7 @@ def cancel(
                         f"job {job_id} already {store.get(job_id).state}"
                     )
                 record = store.get(job_id)
-        _print_status(record)
+        _print_status(record, stream=out)
 
 
 @app.command()
@@ -774,6 +779,8 @@ def loadgen(
             f"{report.elapsed_s:.1f}",
         )
         out.print(summary)
+        folder = Path(settings.storage_roots[0]) / "loadgen"
+        console.print(f"inputs and outputs are in {folder}; remove it when done")
     raise typer.Exit(
         EXIT_OK if report.failed == report.unfinished == 0 else EXIT_JOB_FAILED
     )
