@@ -726,7 +726,7 @@ def test_notes_say_nothing_of_unpublished_images_once_a_registry_is_set() -> Non
 
 def test_checkov_passes_with_every_skip_explained(tmp_path: Path) -> None:
     checkov = require_tool(CHECKOV)
-    for scenario in ("monitoring", "auth", "keda", "s3"):
+    for scenario in SCENARIOS:
         (tmp_path / f"{scenario}.yaml").write_text(render(scenario))
 
     done = subprocess.run(
