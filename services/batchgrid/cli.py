@@ -524,7 +524,7 @@ def images(
     wait: Annotated[
         bool, typer.Option(help="Wait for the job and print outcomes.")
     ] = True,
-    timeout: Timeout = 3600,
+    timeout_s: Timeout = 3600,
     as_json: JsonFlag = False,
     api: Api = None,
     token: Token = None,
@@ -538,7 +538,7 @@ def images(
             workers=workers,
             concurrency=concurrency,
             wait=wait,
-            timeout_s=timeout,
+            timeout_s=timeout_s,
             as_json=as_json,
         )
     raise typer.Exit(code)
@@ -568,7 +568,7 @@ def table(
     wait: Annotated[
         bool, typer.Option(help="Wait for the job and print the table.")
     ] = True,
-    timeout: Timeout = 3600,
+    timeout_s: Timeout = 3600,
     as_json: JsonFlag = False,
     api: Api = None,
     token: Token = None,
@@ -590,7 +590,7 @@ def table(
             workers=workers,
             concurrency=concurrency,
             wait=wait,
-            timeout_s=timeout,
+            timeout_s=timeout_s,
             as_json=as_json,
         )
     raise typer.Exit(code)
@@ -722,7 +722,9 @@ def loadgen(
         JobKind, typer.Option(help="Which job to submit.")
     ] = JobKind.tables,
     rate: Annotated[float, typer.Option(min=0.01, help="Jobs per second.")] = 1.0,
-    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load.")] = 30.0,
+    duration_s: Annotated[
+        float, typer.Option("--duration", min=0.1, help="Seconds of load.")
+    ] = 30.0,
     burst: Annotated[
         bool, typer.Option(help="Submit all rate * duration jobs at once.")
     ] = False,
@@ -743,8 +745,8 @@ def loadgen(
             Bar(console=console) as bar,
             _submitter(api, token, workers, concurrency) as submitter,
         ):
-            sent = bar.add_task("submitted", total=max(1, round(rate * duration)))
-            finished = bar.add_task("finished", total=max(1, round(rate * duration)))
+            sent = bar.add_task("submitted", total=max(1, round(rate * duration_s)))
+            finished = bar.add_task("finished", total=max(1, round(rate * duration_s)))
 
             def progress(submitted: int, done: int) -> None:
                 bar.update(sent, completed=submitted)
@@ -754,7 +756,7 @@ def loadgen(
                 submitter,
                 request_for,
                 rate_per_s=rate,
-                duration_s=duration,
+                duration_s=duration_s,
                 burst=burst,
                 on_progress=progress,
             )
@@ -832,8 +834,8 @@ def top(
         str | None,
         typer.Option(help="Read from this Prometheus server instead (last 5 min)."),
     ] = None,
-    interval: Annotated[
-        float, typer.Option(min=0.2, help="Seconds between refreshes.")
+    interval_s: Annotated[
+        float, typer.Option("--interval", min=0.2, help="Seconds between refreshes.")
     ] = 2.0,
     once: Annotated[bool, typer.Option(help="Print one snapshot and exit.")] = False,
     token: Token = None,
@@ -851,7 +853,7 @@ def top(
                 f"http://127.0.0.1:{_settings().metrics_port}/metrics"
             ]
             read = partial(read_endpoints, urls, token=_token(token))
-        snapshot = run_top(read, console=out, interval_s=interval, once=once)
+        snapshot = run_top(read, console=out, interval_s=interval_s, once=once)
         if snapshot.errors and not (snapshot.queues or snapshot.nodes):
             raise BatchgridError(
                 "no metrics source answered; check the --metrics URLs (a worker "
@@ -872,11 +874,11 @@ def autoscale_watch(
     min_replicas: Annotated[
         int, typer.Option(min=0, help="autoscaling.minReplicas of the release.")
     ] = 0,
-    interval: Annotated[
-        float, typer.Option(min=0.5, help="Seconds between readings.")
+    interval_s: Annotated[
+        float, typer.Option("--interval", min=0.5, help="Seconds between readings.")
     ] = 3.0,
-    timeout: Annotated[
-        float, typer.Option(min=1, help="Give up after this many seconds.")
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", min=1, help="Give up after this many seconds.")
     ] = 900.0,
     png: Annotated[
         Path | None, typer.Option(help="Write the timeline PNG here.")
@@ -898,14 +900,14 @@ def autoscale_watch(
             source.read,
             console=out,
             min_replicas=min_replicas,
-            interval_s=interval,
-            timeout_s=timeout,
+            interval_s=interval_s,
+            timeout_s=timeout_s,
             png=png,
         )
     if not settled:
         console.print(
             f"the fleet did not scale up and back to {min_replicas} replicas "
-            f"within {timeout:.0f} s"
+            f"within {timeout_s:.0f} s"
         )
         raise typer.Exit(EXIT_TIMEOUT)
 

@@ -43,6 +43,7 @@ from batchgrid.backlog import broker_client, read_backlog
 from batchgrid.celery_app import TASK_NAMES
 from batchgrid.jobs import JobStore
 from batchgrid.settings import Settings
+from batchgrid.storage import pid_alive
 
 __all__ = [
     "ITEMS_PROCESSED",
@@ -401,21 +402,11 @@ def prepare_multiprocess_dir(base: Path, nodename: str) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 #: File kinds whose values add up across processes (gauges do not).
 _ADDITIVE = ("counter", "histogram", "summary")
 
 
-def fold_dead_processes(path: Path, alive: Callable[[int], bool] = _alive) -> int:
+def fold_dead_processes(path: Path, alive: Callable[[int], bool] = pid_alive) -> int:
     """Add the files of exited pool processes into one archive file per kind.
 
     A recycled pool process (``max_tasks_per_child``) leaves its files behind; the

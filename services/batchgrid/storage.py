@@ -21,6 +21,7 @@ from batchgrid.errors import ConfigError, InputError, PathOutsideRootsError
 __all__ = [
     "confine",
     "filesystem",
+    "pid_alive",
     "read_range",
     "remove_orphans",
     "write_atomic",
@@ -148,7 +149,7 @@ def remove_orphans(folder_url: str) -> int:
         if not (entry.name.startswith(host_prefix) and entry.name.endswith(".part")):
             continue
         pid = entry.name[len(host_prefix) :].split("~", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             _remove_quietly(entry.path)
             removed += 1
     return removed
@@ -159,7 +160,8 @@ def _temp_prefix() -> str:
     return f".tmp-{socket.gethostname()}~{os.getpid()}~"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine has that id (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
