@@ -74,6 +74,23 @@ def test_watch_waits_for_the_load_then_stops_once_settled_at_the_minimum(
         assert png.format == "PNG" and png.width >= 800
 
 
+def test_watch_when_the_backlog_never_scales_the_fleet_up_does_not_end() -> None:
+    # A backlog the minimum fleet drains alone: no proof the scaler works.
+    script = [_reading(0, 1, 5, 1), *(_reading(t, 1, 0, 0) for t in range(1, 40))]
+
+    readings, done = watch(
+        lambda at_s: script.pop(0) if script else _reading(at_s, 1, 0, 0),
+        console=Console(record=True),
+        min_replicas=1,
+        interval_s=0.005,
+        timeout_s=0.3,
+        png=None,
+        settle_s=2,
+    )
+
+    assert not done and len(readings) > 3
+
+
 def test_watch_gives_up_after_the_timeout(tmp_path: Path) -> None:
     readings, done = watch(
         lambda at_s: _reading(at_s, 2, 5, 2),

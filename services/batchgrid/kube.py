@@ -229,15 +229,16 @@ def watch(
 ) -> tuple[list[Reading], bool]:
     """Show readings until the load has come and the fleet is back to its minimum.
 
-    The load counts as come once a backlog (waiting or in flight) has been seen;
-    the fleet counts as back once it has stayed settled for ``settle_s``, so a
-    quiet moment between two jobs does not end the watch. Returns the readings and
-    whether that happened before ``timeout_s``; writes the timeline to ``png``
-    either way.
+    The load counts as come once a backlog (waiting or in flight) has been seen,
+    and answered once, with or after it, some queue wanted more workers than its
+    minimum; the fleet counts as back once it has stayed settled for ``settle_s``,
+    so a quiet moment between two jobs does not end the watch. Returns the
+    readings and whether all that happened before ``timeout_s``; writes the
+    timeline to ``png`` either way.
     """
     started = time.monotonic()
     readings: list[Reading] = []
-    loaded = done = False
+    loaded = scaled = done = False
     settled_since_s: float | None = None
     with Live(console=console, auto_refresh=False) as live:
         while time.monotonic() - started < timeout_s:
@@ -249,7 +250,13 @@ def watch(
                 or any(reading.waiting.values())
                 or any(reading.in_flight.values())
             )
-            if not (loaded and settled(reading, min_replicas)):
+            scaled = scaled or (
+                loaded
+                and any(
+                    desired > min_replicas for _, desired in reading.replicas.values()
+                )
+            )
+            if not (loaded and scaled and settled(reading, min_replicas)):
                 settled_since_s = None
             elif settled_since_s is None:
                 settled_since_s = reading.at_s
