@@ -394,7 +394,8 @@ def test_api_client_result_when_the_job_is_unfinished_is_none_and_bad_input_rais
     assert cancelled.state == "cancelled"
     with pytest.raises(JobNotFoundError):
         client.result("0" * 32)
-    with pytest.raises(InputError, match="outside"):
+    with pytest.raises(InputError, match="outside") as refused:
         client.submit(TablesRequest(csv="/etc/passwd", by=["shop"], values=["amount"]))
+    assert type(refused.value) is InputError  # a 400, not taken for a 409
     with pytest.raises(JobStateError, match="already cancelled"):
         client.cancel(unfinished)

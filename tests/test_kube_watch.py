@@ -83,7 +83,7 @@ def test_watch_when_the_backlog_never_scales_the_fleet_up_does_not_end() -> None
         console=Console(record=True),
         min_replicas=1,
         interval_s=0.005,
-        timeout_s=0.3,
+        timeout_s=1.5,
         png=None,
         settle_s=2,
     )

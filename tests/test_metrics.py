@@ -1,7 +1,6 @@
 """Metrics without workers: queue keys, folding of exited processes' files, the
 publish stamp, quantiles, the dashboard file and local ports."""
 
-import contextlib
 import json
 import math
 import os
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis
@@ -255,22 +255,47 @@ def test_serve_worker_metrics_when_the_port_is_taken_logs_and_goes_on(
     assert "BATCHGRID_METRICS_PORT" in caplog.text
 
 
+def _remove_worker_series(worker: str) -> None:
+    """Drop every series of ``worker`` from this process's registry: the producer's
+    /metrics in later tests serves the same registry."""
+    for metric in (
+        metrics.QUEUE_WAIT,
+        metrics.TASK_RUNTIME,
+        metrics.TASKS,
+        metrics.ITEMS_PROCESSED,
+        metrics.ITEM_ERRORS,
+    ):
+        names = list(metric._labelnames)
+        for labels in {
+            tuple(sample.labels[name] for name in names)
+            for family in metric.collect()
+            for sample in family.samples
+            if sample.labels.get("worker") == worker
+        }:
+            metric.remove(*labels)
+
+
+def _worker_samples(
+    metric: Any, worker: str, suffix: str
+) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in metric.collect()
+        for sample in family.samples
+        if sample.labels.get("worker") == worker and sample.name.endswith(suffix)
+    }
+
+
 @pytest.fixture
-def zero_series_cleanup() -> Iterator[list[tuple[str, str, str, str]]]:
-    """Label sets a test creates in this process's registry, removed after it: the
-    producer's /metrics in later tests serves the same registry."""
-    created: list[tuple[str, str, str, str]] = []
-    yield created
-    for labels in created:
-        with contextlib.suppress(KeyError):  # only the consumed queues' exist
-            metrics.QUEUE_WAIT.remove(*labels)
-            metrics.TASK_RUNTIME.remove(*labels)
-            for outcome in metrics.OUTCOMES:
-                metrics.TASKS.remove(*labels, outcome)
+def worker_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A worker label of the test's own, whose series are removed after it."""
+    name = f"{request.node.name[:40]}@test"
+    yield name
+    _remove_worker_series(name)
 
 
-def test_zero_worker_series_creates_the_series_of_the_consumed_queues_only(
-    zero_series_cleanup: list[tuple[str, str, str, str]],
+def test_zero_worker_series_when_ready_creates_only_the_consumed_queues_tasks(
+    worker_name: str,
 ) -> None:
     settings = Settings(
         _env_file=None,
@@ -279,33 +304,28 @@ def test_zero_worker_series_creates_the_series_of_the_consumed_queues_only(
         tables_queue="zero-tables",
     )
     app = create_app(settings)
-    node = metrics.node_name()
-    zero_series_cleanup.extend(
-        (task, queue, node, "zero@test")
-        for task in TASK_NAMES.values()
-        for queue in ("zero-images", "zero-tables")
-    )
 
-    created = metrics.zero_worker_series(app, "zero@test", ["zero-images"])
+    created = metrics.zero_worker_series(app, worker_name, ["zero-images"])
 
     waits = {
-        (s.labels["task"], s.labels["queue"])
-        for family in metrics.QUEUE_WAIT.collect()
-        for s in family.samples
-        if s.labels.get("worker") == "zero@test" and s.name.endswith("_count")
+        (dict(labels)["task"], dict(labels)["queue"]): value
+        for labels, value in _worker_samples(
+            metrics.QUEUE_WAIT, worker_name, "_count"
+        ).items()
     }
     assert waits == {
-        ("batchgrid.images.convert", "zero-images"),
-        ("batchgrid.images.finish", "zero-images"),
+        ("batchgrid.images.convert", "zero-images"): 0.0,
+        ("batchgrid.images.finish", "zero-images"): 0.0,
     }
     assert created == 2
-    outcomes = {
-        s.labels["outcome"]: s.value
-        for family in metrics.TASKS.collect()
-        for s in family.samples
-        if s.labels.get("worker") == "zero@test" and s.name.endswith("_total")
+    outcomes = _worker_samples(metrics.TASKS, worker_name, "_total")
+    assert len(outcomes) == 2 * len(metrics.OUTCOMES)
+    assert set(outcomes.values()) == {0.0}
+    reasons = {
+        dict(labels)["reason"]
+        for labels in _worker_samples(metrics.ITEM_ERRORS, worker_name, "_total")
     }
-    assert outcomes == dict.fromkeys(metrics.OUTCOMES, 0.0)
+    assert reasons == set(metrics.ITEM_ERROR_REASONS) - {"malformed_row"}
 
 
 def test_item_error_reasons_when_tasks_or_imaging_emit_one_list_it() -> None:
@@ -320,19 +340,18 @@ def test_item_error_reasons_when_tasks_or_imaging_emit_one_list_it() -> None:
     )
 
 
-def test_count_items_when_a_range_had_malformed_rows_counts_them_by_reason() -> None:
-    worker = "malformed@test"
-    before = metrics.ITEM_ERRORS.labels("malformed_row", "n1", worker)._value.get()
-
+def test_count_items_when_a_range_had_malformed_rows_counts_them_by_reason(
+    worker_name: str,
+) -> None:
     metrics._count_items(
         TASK_NAMES["aggregate_range"],
         {"index": 0, "rows": 10, "bytes": 99, "malformed_rows": 3},
         "n1",
-        worker,
+        worker_name,
     )
 
-    after = metrics.ITEM_ERRORS.labels("malformed_row", "n1", worker)._value.get()
-    assert after - before == 3
-    for unit in ("rows", "bytes"):
-        metrics.ITEMS_PROCESSED.remove(unit, "n1", worker)
-    metrics.ITEM_ERRORS.remove("malformed_row", "n1", worker)
+    errors = _worker_samples(metrics.ITEM_ERRORS, worker_name, "_total")
+    assert list(errors.values()) == [3.0]
+    assert dict(next(iter(errors)))["reason"] == "malformed_row"
+    processed = _worker_samples(metrics.ITEMS_PROCESSED, worker_name, "_total")
+    assert sorted(processed.values()) == [10.0, 99.0]

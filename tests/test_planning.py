@@ -9,6 +9,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
+from batchgrid import producer
 from batchgrid.errors import InputError, PathOutsideRootsError
 from batchgrid.producer import batch_images, list_images, plan_images, plan_table
 from batchgrid.settings import Settings
@@ -188,10 +189,23 @@ def test_plan_request_when_storage_does_not_answer_is_worth_a_retry() -> None:
         fsspec.register_implementation("memory", MemoryFileSystem, clobber=True)
 
 
-@pytest.mark.parametrize(("chunk_bytes", "warned"), [(16, True), (64 * 1024, False)])
+@pytest.mark.parametrize(
+    ("chunk_bytes", "small_range_bytes", "warned"),
+    [
+        (16, 1024 * 1024, True),  # many tiny ranges
+        (64 * 1024, 1024 * 1024, False),  # few ranges
+        (16, 16, False),  # many ranges, none under the size that warns
+    ],
+)
 def test_plan_table_when_ranges_are_tiny_and_many_warns_about_the_unit(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, chunk_bytes: int, warned: bool
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    chunk_bytes: int,
+    small_range_bytes: int,
+    warned: bool,
 ) -> None:
+    monkeypatch.setattr(producer, "SMALL_RANGE_BYTES", small_range_bytes)
     csv = tmp_path / "t.csv"
     csv.write_text("k,v\n" + "".join(f"g{i % 3},{i}\n" for i in range(3000)))
 
@@ -199,5 +213,6 @@ def test_plan_table_when_ranges_are_tiny_and_many_warns_about_the_unit(
         _settings(tmp_path), str(csv), by=["k"], values=["v"], chunk_bytes=chunk_bytes
     )
 
-    assert len(plan.ranges) > 1000 if warned else len(plan.ranges) >= 1
+    many = len(plan.ranges) > producer.SMALL_RANGES_WARN_TASKS
+    assert many is (chunk_bytes == 16)
     assert ("in bytes" in caplog.text) is warned

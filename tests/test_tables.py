@@ -361,16 +361,29 @@ def test_check_columns_missing_column_lists_columns_found() -> None:
     assert "did you mean 'carier' → 'carrier'" in str(caught.value)
 
 
-@pytest.mark.parametrize(("header_line", "likely"), [("k,v", ","), ("k;v", ";")])
+@pytest.mark.parametrize(
+    ("header_line", "delimiter", "likely"), [("k,v", ";", ","), ("k;v", ",", ";")]
+)
 def test_check_columns_when_the_header_is_one_column_names_the_likely_delimiter(
-    header_line: str, likely: str
+    header_line: str, delimiter: str, likely: str
 ) -> None:
     header = Header(names=[header_line], end_offset=0)
 
     with pytest.raises(ColumnNotFoundError) as caught:
-        check_columns(header, name="t.csv", by=["k"], values=["v"])
+        check_columns(header, name="t.csv", by=["k"], values=["v"], delimiter=delimiter)
 
     assert f"looks {likely!r}-separated" in str(caught.value)
+
+
+def test_check_columns_when_one_quoted_column_holds_the_delimiter_gives_no_hint() -> (
+    None
+):
+    header = Header(names=["amount, usd"], end_offset=0)
+
+    with pytest.raises(ColumnNotFoundError) as caught:
+        check_columns(header, name="t.csv", by=["k"], values=["v"], delimiter=",")
+
+    assert "separated" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,13 @@ from batchgrid import __version__
 from batchgrid.backlog import broker_client, read_backlog
 from batchgrid.celery_app import create_app
 from batchgrid.errors import (
+    AuthError,
     BatchgridError,
     BrokerUnavailableError,
     ColumnNotFoundError,
     InputError,
     JobNotFoundError,
+    JobStateError,
     StorageUnavailableError,
 )
 from batchgrid.jobs import JobStore
@@ -174,6 +176,14 @@ def create_api(settings: Settings) -> FastAPI:
     @api.exception_handler(JobNotFoundError)
     async def _not_found(request: Request, exc: JobNotFoundError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @api.exception_handler(JobStateError)
+    async def _conflict(request: Request, exc: JobStateError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @api.exception_handler(AuthError)
+    async def _unauthorized(request: Request, exc: AuthError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=401)
 
     @api.exception_handler(BrokerUnavailableError)
     @api.exception_handler(StorageUnavailableError)

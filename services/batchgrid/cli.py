@@ -36,7 +36,7 @@ from batchgrid.celery_app import create_app
 from batchgrid.client import ApiClient
 from batchgrid.errors import BatchgridError, ConfigError, JobStateError
 from batchgrid.jobs import JobRecord, JobStore
-from batchgrid.local import SERVE_URL_FILE, embedded_broker, local_cluster
+from batchgrid.local import embedded_broker, local_cluster
 from batchgrid.producer import Producer
 from batchgrid.schemas import ImagesRequest, TablesRequest, plan_request
 from batchgrid.settings import Settings, get_settings
@@ -441,10 +441,14 @@ def _follow(
 
 
 def _token(token: str | None) -> str | None:
-    """--token, else BATCHGRID_API_TOKEN from the environment or .env."""
+    """--token, else BATCHGRID_API_TOKEN from the environment or .env (unless the
+    settings cannot be read: a command given its URL needs none of them)."""
     if token:
         return token
-    secret = _settings().api_token
+    try:
+        secret = _settings().api_token
+    except ConfigError:
+        return None
     return secret.get_secret_value() if secret else None
 
 
@@ -664,12 +668,16 @@ def serve(
     with _errors():
         settings = _settings()
         configure_logging(settings)
-        cluster = local_cluster(settings, workers=workers, concurrency=concurrency)
         bind = host or settings.api_host
         bound_port = port if port is not None else settings.api_port
+        cluster = local_cluster(
+            settings,
+            workers=workers,
+            concurrency=concurrency,
+            serve_url=_url_of(bind, bound_port),
+        )
         # uvicorn shuts down cleanly, then raises Ctrl-C or SIGTERM again.
-        note = _serving_note(settings, bind, bound_port)
-        with cluster as s, note, suppress(KeyboardInterrupt):
+        with cluster as s, suppress(KeyboardInterrupt):
             uvicorn.run(
                 create_api(s),
                 host=bind,
@@ -679,20 +687,16 @@ def serve(
             )
 
 
-@contextmanager
-def _serving_note(settings: Settings, host: str, port: int) -> Iterator[None]:
-    """While serve holds the embedded server, note its URL in the data folder for
-    the other commands it locks out."""
-    if settings.broker_url:
-        yield
-        return
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    note = settings.data_dir / SERVE_URL_FILE
-    note.write_text(f"http://{shown}:{port}\n")
-    try:
-        yield
-    finally:
-        note.unlink(missing_ok=True)
+def _url_of(host: str, port: int) -> str | None:
+    """How other commands on this machine reach serve; None for a random port."""
+    if not port:
+        return None
+    shown = (
+        "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    )
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"  # an IPv6 literal
+    return f"http://{shown}:{port}"
 
 
 @app.command()

@@ -58,11 +58,24 @@ class EmbeddedValkey:
     file; a random password keeps other local users out.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, serve_url: str | None = None) -> None:
         self.data_dir = data_dir
+        #: ``batchgrid serve``'s own URL, noted for the commands it locks out.
+        self.serve_url = serve_url
         self._lock: IO[str] | None = None
         self._server: ValkeyServer | None = None
         self._password = secrets.token_urlsafe(24)
+
+    def _note_serve_url(self) -> None:
+        """Write serve's URL beside the lock (atomically), or remove a note that a
+        killed serve left: the lock is ours now."""
+        note = self.data_dir / SERVE_URL_FILE
+        if not self.serve_url:
+            note.unlink(missing_ok=True)
+            return
+        draft = note.with_suffix(".tmp")
+        draft.write_text(self.serve_url + "\n")
+        draft.replace(note)
 
     @property
     def url(self) -> str:
@@ -77,11 +90,13 @@ class EmbeddedValkey:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            serving = self.data_dir / SERVE_URL_FILE
+            try:
+                url = (self.data_dir / SERVE_URL_FILE).read_text().strip()
+            except OSError:  # no serve holds it, or it is just ending
+                url = ""
             holder = (
-                f"`batchgrid serve` holds it: pass --api "
-                f"{serving.read_text().strip()} to go through it"
-                if serving.is_file()
+                f"`batchgrid serve` holds it: pass --api {url} to go through it"
+                if url
                 else "wait for it"
             )
             raise ConfigError(
@@ -90,8 +105,7 @@ class EmbeddedValkey:
                 "folder"
             ) from None
         self._lock = lock
-        # A note left by a serve that was killed: the lock is ours now.
-        (self.data_dir / SERVE_URL_FILE).unlink(missing_ok=True)
+        self._note_serve_url()
         valkey_dir = self.data_dir / "valkey"
         pidfile = valkey_dir / "valkey.pid"
         _stop_orphan(pidfile)
@@ -146,6 +160,8 @@ class EmbeddedValkey:
 
     def _release(self) -> None:
         if self._lock is not None:
+            if self.serve_url:
+                (self.data_dir / SERVE_URL_FILE).unlink(missing_ok=True)
             self._lock.close()
             self._lock = None
 
@@ -329,24 +345,32 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def embedded_broker(settings: Settings) -> Iterator[Settings]:
-    """``settings`` with a broker: its own if configured, else an embedded server."""
+def embedded_broker(
+    settings: Settings, *, serve_url: str | None = None
+) -> Iterator[Settings]:
+    """``settings`` with a broker: its own if configured, else an embedded server
+    (``serve_url``: serve's address, for the commands it locks out)."""
     if settings.broker_url:
         yield settings
         return
-    with _sigterm_unwinds(), EmbeddedValkey(settings.data_dir) as server:
+    server = EmbeddedValkey(settings.data_dir, serve_url=serve_url)
+    with _sigterm_unwinds(), server:
         yield settings.model_copy(update={"broker_url": server.url})
 
 
 @contextlib.contextmanager
 def local_cluster(
-    settings: Settings, *, workers: int = 1, concurrency: int | None = None
+    settings: Settings,
+    *,
+    workers: int = 1,
+    concurrency: int | None = None,
+    serve_url: str | None = None,
 ) -> Iterator[Settings]:
     """Broker plus local workers for the duration of the block.
 
     With a broker URL configured, remote workers are expected and none start here.
     """
-    with embedded_broker(settings) as connected:
+    with embedded_broker(settings, serve_url=serve_url) as connected:
         if settings.broker_url:
             yield connected
             return

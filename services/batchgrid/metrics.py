@@ -238,7 +238,8 @@ def _zero_series(labels: tuple[str, str, str, str]) -> None:
     if task == TASK_NAMES["convert_images"]:
         ITEMS_PROCESSED.labels("images", node, worker)
         for reason in ITEM_ERROR_REASONS:
-            ITEM_ERRORS.labels(reason, node, worker)
+            if reason != "malformed_row":  # the tables' own
+                ITEM_ERRORS.labels(reason, node, worker)
     elif task == TASK_NAMES["aggregate_range"]:
         ITEMS_PROCESSED.labels("rows", node, worker)
         ITEMS_PROCESSED.labels("bytes", node, worker)
@@ -250,12 +251,15 @@ def zero_worker_series(app: Any, worker: str, queues: Iterable[str]) -> int:
     runs; returns how many label sets.
 
     Prometheus sees no increase in a series whose first scrape already holds
-    its final count: without this, the first burst after a worker starts (often
-    the only one, in a scale-from-zero fleet) shows no rate and no quantile.
+    its final count: without this, a burst that a waiting worker ends between
+    two scrapes shows no rate and no quantile. (A worker started by the burst
+    itself may still run tasks before its first scrape.)
     """
     consumed = set(queues)
     created = 0
     for task in TASK_NAMES.values():
+        if task == TASK_NAMES["fail_job"]:
+            continue  # an error callback, run inline by the task that failed
         route = app.amqp.router.route({}, task)
         queue = getattr(route.get("queue"), "name", None)
         if queue in consumed:
@@ -397,7 +401,8 @@ def prepare_multiprocess_dir(base: Path, nodename: str) -> Path:
         stale.unlink(missing_ok=True)
     os.environ[MULTIPROC_DIR_ENV] = str(path)
     # prometheus-client picks its value class at import; pick again now that the
-    # folder is known. Series are created later, in the pool processes.
+    # folder is known. Series are created later: at 0 when the worker is ready,
+    # then by the tasks in the pool processes.
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return path
 

@@ -55,6 +55,7 @@ class ImageBatch:
 #: A table planned into more ranges than this, each under SMALL_RANGE_BYTES, gets
 #: a warning: broker work then outweighs parsing (a unit mistake, most likely).
 SMALL_RANGES_WARN_TASKS = 1000
+#: Ranges under this size cost more in broker work than their parsing.
 SMALL_RANGE_BYTES = 1024 * 1024
 #: The characters that make a source a glob.
 _GLOB_CHARS = "*?["
@@ -262,7 +263,9 @@ def plan_table(
     size = int(fs.info(path)["size"])
     with fs.open(path, "rb") as handle:
         header = tables.read_header(handle, name=url, dialect=dialect)
-        tables.check_columns(header, name=url, by=by, values=values)
+        tables.check_columns(
+            header, name=url, by=by, values=values, delimiter=dialect.delimiter
+        )
         handle.seek(0)
         ranges = tables.plan_ranges(
             handle,
@@ -280,8 +283,8 @@ def plan_table(
     if len(ranges) > SMALL_RANGES_WARN_TASKS and chunk_bytes < SMALL_RANGE_BYTES:
         logger.warning(
             "%s: %d ranges of %d bytes each; a task costs milliseconds of broker "
-            "work, far more than parsing so few bytes: --chunk-bytes is in bytes "
-            "(default %d, 16 MiB)",
+            "work, far more than parsing so few bytes: --chunk-bytes (chunk_bytes "
+            "in the API) is in bytes, default %d",
             url,
             len(ranges),
             chunk_bytes,

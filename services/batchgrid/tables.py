@@ -234,11 +234,17 @@ def read_header(
 
 
 def check_columns(
-    header: Header, *, name: str, by: Sequence[str], values: Sequence[str]
+    header: Header,
+    *,
+    name: str,
+    by: Sequence[str],
+    values: Sequence[str],
+    delimiter: str = ",",
 ) -> None:
-    """Raise unless ``by`` and ``values`` name distinct columns found in ``header``."""
+    """Raise unless ``by`` and ``values`` name distinct columns found in ``header``
+    (read with ``delimiter``, which a hint for another delimiter leaves out)."""
     _check_request(by, values, name=name)
-    _check_names(header.names, [*by, *values], name=name)
+    _check_names(header.names, [*by, *values], name=name, delimiter=delimiter)
 
 
 def plan_ranges(
@@ -664,7 +670,9 @@ def _check_request(by: Sequence[str], values: Sequence[str], *, name: str) -> No
         raise InputError(f"{name}: {_quote_all(twice)} named twice; name each once")
 
 
-def _check_names(found: Sequence[str], wanted: Sequence[str], *, name: str) -> None:
+def _check_names(
+    found: Sequence[str], wanted: Sequence[str], *, name: str, delimiter: str = ","
+) -> None:
     """Raise unless every column in ``wanted`` appears exactly once in ``found``."""
     missing = [column for column in dict.fromkeys(wanted) if column not in found]
     if missing:
@@ -678,7 +686,9 @@ def _check_names(found: Sequence[str], wanted: Sequence[str], *, name: str) -> N
             if (close := difflib.get_close_matches(column, found, n=1))
         ]
         hint = f"; did you mean {', '.join(hints)}?" if hints else ""
-        other = [d for d in ",;\t|" if len(found) == 1 and d in found[0]]
+        other = [
+            d for d in ",;\t|" if d != delimiter and len(found) == 1 and d in found[0]
+        ]
         if other:
             hint = (
                 f"; the header looks {other[0]!r}-separated: "
