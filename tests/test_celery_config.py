@@ -1,5 +1,6 @@
 """The Celery configuration batchgrid's reliability rests on, and that it holds."""
 
+import ssl
 import time
 from pathlib import Path
 
@@ -24,6 +25,29 @@ def test_celery_config_is_json_only_with_late_acks_and_one_task_per_process() ->
     assert conf["task_acks_late"] is True
     assert conf["task_reject_on_worker_lost"] is True
     assert conf["worker_prefetch_multiplier"] == 1
+
+
+def test_celery_config_when_the_redis_url_is_tls_checks_certificates() -> None:
+    settings = Settings(_env_file=None, broker_url="rediss://u:p@redis.test:6380/2")
+    app = create_app(settings)
+
+    backend = app.backend  # Celery refuses a rediss:// URL with no certificate rule
+    with app.connection_for_write() as connection:
+        broker_ssl = connection.ssl
+
+    assert backend.connparams["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    assert isinstance(broker_ssl, dict)
+    assert broker_ssl["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+
+
+def test_celery_config_when_the_tls_url_chooses_its_rule_keeps_it() -> None:
+    settings = Settings(
+        _env_file=None, broker_url="rediss://u:p@redis.test:6380/2?ssl_cert_reqs=none"
+    )
+
+    conf = dict(create_app(settings).conf)
+
+    assert not conf["broker_use_ssl"] and not conf["redis_backend_use_ssl"]
 
 
 def test_celery_config_visibility_timeout_outlasts_the_hard_limit_on_both_sides() -> (

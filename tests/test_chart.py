@@ -349,8 +349,10 @@ def test_keda_prometheus_trigger_reads_the_largest_producer_reading() -> None:
     for doc in of_kind(docs, "ScaledObject"):
         queue = doc["spec"]["scaleTargetRef"]["name"].rsplit("-", 1)[1]
         assert set(_triggers(doc)) == {"prometheus"}
-        query = _triggers(doc)["prometheus"]["metadata"]["query"]
-        assert query == f'max(batchgrid_queue_backlog{{queue="{queue}"}})'
+        metadata = _triggers(doc)["prometheus"]["metadata"]
+        assert metadata["query"] == f'max(batchgrid_queue_backlog{{queue="{queue}"}})'
+        # A missing series falls back to fallback.replicas, never reads as 0.
+        assert metadata["ignoreNullValues"] == "false"
     assert not of_kind(docs, "TriggerAuthentication")
 
 
@@ -482,6 +484,16 @@ def test_redis_keeps_an_fsynced_append_only_file_on_a_pvc() -> None:
     assert statefulset["spec"]["replicas"] == 1
 
 
+def test_redis_pod_does_not_change_with_the_chart_version_alone() -> None:
+    (statefulset,) = of_kind(manifests("default"), "StatefulSet")
+
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+
+    assert "helm.sh/chart" not in labels
+    assert "app.kubernetes.io/version" not in labels
+    assert labels["app.kubernetes.io/component"] == "redis"
+
+
 def test_redis_has_a_headless_service_and_a_generated_password() -> None:
     docs = manifests("default")
     (service,) = [
@@ -508,6 +520,56 @@ def test_external_redis_builds_a_tls_url_from_its_secret() -> None:
     assert env["BATCHGRID_BROKER_URL"]["value"] == (
         "rediss://batchgrid:$(REDIS_PASSWORD)@redis.example.internal:6380/2"
     )
+
+
+def test_external_redis_acl_user_is_how_keda_logs_in_too() -> None:
+    docs = manifests("external-redis")
+
+    for worker in _workers(docs):
+        env = _env(worker["spec"]["template"]["spec"]["containers"][0])
+        assert env["REDIS_USERNAME"]["value"] == "batchgrid"
+    floors = [_triggers(doc)["redis"] for doc in of_kind(docs, "ScaledObject")]
+    assert floors and all(
+        floor["metadata"]["usernameFromEnv"] == "REDIS_USERNAME"
+        and floor["metadata"]["enableTLS"] == "true"
+        for floor in floors
+    )
+    assert all(
+        "usernameFromEnv" not in _triggers(doc)["redis"]["metadata"]
+        for doc in of_kind(manifests("keda"), "ScaledObject")
+    )
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (Mi, Gi or plain bytes) in bytes."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity.removesuffix(suffix)) * factor)
+    return int(quantity)
+
+
+@pytest.mark.parametrize("values", ["default", "kind"])
+def test_worker_task_memory_limit_leaves_room_under_the_pod_limit(values: str) -> None:
+    docs = manifests() if values == "default" else tuple(_kind_demo("values-kind.yaml"))
+
+    workers = _workers(docs)
+
+    assert workers
+    for worker in workers:
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        env = _env(container)
+        per_task = int(env["BATCHGRID_MAX_TASK_MEMORY_BYTES"]["value"])
+        concurrency = int(
+            next(a for a in container["args"] if a.startswith("--concurrency=")).split(
+                "="
+            )[1]
+        )
+        limit = _bytes(container["resources"]["limits"]["memory"])
+        # Each pool process holds about 200 MiB before its task allocates.
+        assert 0 < concurrency * (per_task + (200 << 20)) <= limit, worker["metadata"][
+            "name"
+        ]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -608,6 +670,9 @@ def test_producer_probes_health_routes_and_serves_behind_a_service() -> None:
 
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = producer["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert pause > 0 and grace >= pause + 30  # then uvicorn's 30 s
     assert _env(container)["BATCHGRID_API_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert ingress["spec"]["tls"][0]["secretName"] == "batchgrid-tls"
 
@@ -837,6 +902,14 @@ def test_kind_demo_values_render_valid_objects_with_the_loaded_images(
         and c["imagePullPolicy"] == "Never"
         for c in own
     ), [(c["image"], c.get("imagePullPolicy")) for c in own]
+    # Nothing loads the others onto the nodes: they must be pulled.
+    others = [
+        (container["image"], container["imagePullPolicy"])
+        for _, spec in pod_specs(tuple(docs))
+        for container in [*spec["containers"], *spec.get("initContainers", [])]
+        if "/batchgrid/" not in container["image"]
+    ]
+    assert others and all(policy == "IfNotPresent" for _, policy in others), others
 
 
 def test_kind_demo_objects_carry_the_names_the_demo_targets_use() -> None:

@@ -321,8 +321,9 @@ def create_api(settings: Settings) -> FastAPI:
         return JobView.of(store.get(job_id))
 
     @api.get("/healthz", include_in_schema=True)
-    def healthz() -> dict[str, str]:
-        """The process is alive."""
+    async def healthz() -> dict[str, str]:
+        """The process is alive (answered on the event loop: no wait for a thread
+        that long planning requests hold)."""
         return {"status": "ok"}
 
     @api.get("/readyz", responses={503: {}})

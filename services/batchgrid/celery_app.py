@@ -4,6 +4,7 @@ Producers build one with :func:`create_app`; worker processes import
 ``batchgrid.worker``, which also registers the tasks.
 """
 
+import ssl
 from typing import Any
 
 from celery import Celery
@@ -40,6 +41,15 @@ def _restore_interval_s(settings: Settings) -> int:
     return max(1, min(10, settings.visibility_timeout_s // 10))
 
 
+def _tls_options(url: str | None) -> dict[str, Any] | None:
+    """Certificate checks for a ``rediss://`` URL that does not choose its own
+    (``?ssl_cert_reqs=...``): kombu would skip them, and Celery's Redis result
+    backend refuses such a URL outright."""
+    if not url or not url.startswith("rediss://") or "ssl_cert_reqs=" in url:
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
 def _celery_config(settings: Settings) -> dict[str, Any]:
     transport = {
         # A task not acknowledged within this time is delivered again (Redis only).
@@ -60,7 +70,13 @@ def _celery_config(settings: Settings) -> dict[str, Any]:
         Queue(name, Exchange(name, durable=True), name, durable=True)
         for name in (settings.images_queue, settings.tables_queue)
     )
+    tls: dict[str, Any] = {}
+    if broker_tls := _tls_options(settings.broker_url):
+        tls["broker_use_ssl"] = broker_tls
+    if backend_tls := _tls_options(settings.job_store_url):
+        tls["redis_backend_use_ssl"] = backend_tls
     return {
+        **tls,
         "broker_url": settings.broker_url,
         "result_backend": settings.job_store_url,
         # JSON only: a pickle payload on the broker would be code execution.

@@ -37,6 +37,19 @@ app.kubernetes.io/part-of: batchgrid
 {{- end }}
 
 {{/*
+Labels for the pod template of a workload that should not restart on a chart or app
+version bump alone (Redis, the one broker): the labels above without those two.
+*/}}
+{{- define "batchgrid.stableLabels" -}}
+{{ include "batchgrid.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: batchgrid
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
 Selector labels: name, instance and the component, all constant for the life of a
 release, because selectors are immutable. The component keeps the workloads' selectors
 apart (each queue's Deployment, the producer, Redis).
@@ -131,6 +144,11 @@ ever written into a Deployment. Call with (dict "ctx" $ "name" "BATCHGRID_BROKER
 {{- $db := ternary 0 $ctx.Values.externalRedis.database $ctx.Values.redis.enabled }}
 {{- $user := ternary "" $ctx.Values.externalRedis.username $ctx.Values.redis.enabled }}
 {{- $address := printf "%s:%v/%v" (include "batchgrid.redis.host" $ctx) (include "batchgrid.redis.port" $ctx) (int $db) }}
+{{- if $user }}
+# Read by KEDA's Redis list trigger too (usernameFromEnv).
+- name: REDIS_USERNAME
+  value: {{ $user | quote }}
+{{- end }}
 {{- if $secret }}
 - name: REDIS_PASSWORD
   valueFrom:
