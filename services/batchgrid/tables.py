@@ -553,10 +553,10 @@ def _parse(
     """Parse rows with pyarrow: keys as strings, values as ``value_type``."""
     # TODO(polars parser): polars' read_csv on one thread parsed and grouped a range
     # 1.3x (AMD EPYC) to 1.7x (Intel Xeon) as fast as this (make bench, parser
-    # table), but it has no hook to
-    # skip, count and sample ragged rows (short ones become nulls, long ones fail the
-    # range), so answers on ragged files would change; switch only with that rebuilt
-    # and an end-to-end bench run that shows the gain.
+    # table), but it has no hook to skip, count and sample ragged rows (short ones
+    # become nulls, long ones fail the range), so answers on ragged files would
+    # change; switch only with that rebuilt and an end-to-end bench run that shows
+    # the gain.
     codec = _codec_name(dialect.encoding)
     read_options = pacsv.ReadOptions(
         column_names=list(names),
