@@ -8,7 +8,7 @@
 
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -116,6 +116,26 @@ def _field_error(field: str, error: BatchgridError, code: int = 400) -> HTTPExce
     )
 
 
+#: The HTTP status of each deliberate error.
+_ERROR_STATUS: dict[type[BatchgridError], int] = {
+    JobNotFoundError: 404,
+    JobStateError: 409,
+    AuthError: 401,
+    BrokerUnavailableError: 503,
+    StorageUnavailableError: 503,
+    BatchgridError: 400,
+}
+
+
+def _error_answer(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """An exception handler answering ``status`` with the error's message."""
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return answer
+
+
 def create_api(settings: Settings) -> FastAPI:
     """The API bound to the settings' broker and job store."""
     bearer = HTTPBearer(auto_error=False)
@@ -173,27 +193,10 @@ def create_api(settings: Settings) -> FastAPI:
 
     Store = Annotated[JobStore, Depends(store_of)]
 
-    @api.exception_handler(JobNotFoundError)
-    async def _not_found(request: Request, exc: JobNotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @api.exception_handler(JobStateError)
-    async def _conflict(request: Request, exc: JobStateError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @api.exception_handler(AuthError)
-    async def _unauthorized(request: Request, exc: AuthError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=401)
-
-    @api.exception_handler(BrokerUnavailableError)
-    @api.exception_handler(StorageUnavailableError)
-    async def _unavailable(request: Request, exc: BatchgridError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
-
-    @api.exception_handler(BatchgridError)
-    async def _refused(request: Request, exc: BatchgridError) -> JSONResponse:
-        # Any other deliberate error says its cause and fix: a 400, never a 500.
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+    # Each deliberate error says its cause and fix; any not listed is a 400, never
+    # a 500 (Starlette picks the handler of the nearest class).
+    for error, code in _ERROR_STATUS.items():
+        api.add_exception_handler(error, _error_answer(code))
 
     @api.exception_handler(RedisError)
     async def _store_away(request: Request, exc: RedisError) -> JSONResponse:
