@@ -282,3 +282,11 @@ def test_csv_dialect_utf16_encoding_raises_input_error_naming_fix() -> None:
 def test_csv_dialect_same_delimiter_and_quote_raises_input_error() -> None:
     with pytest.raises(InputError, match="different"):
         CsvDialect(delimiter='"')
+
+
+@pytest.mark.parametrize("encoding", ["no-such-codec", "utf\x008"])
+def test_csv_dialect_unknown_encoding_raises_input_error(encoding: str) -> None:
+    # Python's codec lookup raises ValueError, not LookupError, for a NUL (found by
+    # the API fuzz test as a 500).
+    with pytest.raises(InputError, match="unknown encoding"):
+        CsvDialect(encoding=encoding)

@@ -717,9 +717,10 @@ def _key_order(key: tuple[str | None, ...]) -> tuple[tuple[bool, str], ...]:
 
 
 def _codec_name(encoding: str) -> str | None:
+    """The codec's canonical name, or None when Python knows no such codec."""
     try:
         return codecs.lookup(encoding).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         return None
 
 
