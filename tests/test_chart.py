@@ -558,18 +558,12 @@ def test_worker_task_memory_limit_leaves_room_under_the_pod_limit(values: str) -
     assert workers
     for worker in workers:
         (container,) = worker["spec"]["template"]["spec"]["containers"]
-        env = _env(container)
-        per_task = int(env["BATCHGRID_MAX_TASK_MEMORY_BYTES"]["value"])
-        concurrency = int(
-            next(a for a in container["args"] if a.startswith("--concurrency=")).split(
-                "="
-            )[1]
-        )
+        flags = dict(arg.split("=", 1) for arg in container["args"] if "=" in arg)
+        per_task = int(_env(container)["BATCHGRID_MAX_TASK_MEMORY_BYTES"]["value"])
         limit = _bytes(container["resources"]["limits"]["memory"])
+        used = int(flags["--concurrency"]) * (per_task + (200 << 20))
         # Each pool process holds about 200 MiB before its task allocates.
-        assert 0 < concurrency * (per_task + (200 << 20)) <= limit, worker["metadata"][
-            "name"
-        ]
+        assert 0 < used <= limit, worker["metadata"]["name"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -1,11 +1,11 @@
-"""CLI pieces that need no server: the table printout and local worker logs."""
+"""CLI pieces that need no server: the table printout, local worker logs, URLs."""
 
 from pathlib import Path
 
 import pytest
 
 from batchgrid import local
-from batchgrid.cli import print_table
+from batchgrid.cli import _url_of, print_table
 from batchgrid.settings import Settings
 
 
@@ -48,3 +48,19 @@ def test_local_worker_log_over_the_limit_is_moved_aside_at_start(
     assert (tmp_path / "worker-0.log.1").read_text() == "x" * 11
     assert not (tmp_path / "worker-0.log").exists()
     assert (tmp_path / "worker-1.log").read_text() == "small"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "url"),
+    [
+        ("0.0.0.0", 8000, "http://127.0.0.1:8000"),
+        ("::", 8001, "http://[::1]:8001"),
+        ("::1", 8002, "http://[::1]:8002"),
+        ("localhost", 8003, "http://localhost:8003"),
+        ("127.0.0.1", 0, None),  # a random port: nothing to point at
+    ],
+)
+def test_serve_url_when_noted_for_locked_out_commands_is_one_they_can_reach(
+    host: str, port: int, url: str | None
+) -> None:
+    assert _url_of(host, port) == url

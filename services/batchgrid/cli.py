@@ -691,11 +691,10 @@ def _url_of(host: str, port: int) -> str | None:
     """How other commands on this machine reach serve; None for a random port."""
     if not port:
         return None
-    shown = (
-        "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
-    )
+    # A wildcard bind is reached on loopback; an IPv6 literal goes in brackets.
+    shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     if ":" in shown and not shown.startswith("["):
-        shown = f"[{shown}]"  # an IPv6 literal
+        shown = f"[{shown}]"
     return f"http://{shown}:{port}"
 
 
